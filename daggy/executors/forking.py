@@ -1,0 +1,506 @@
+# -*- test-case-name: tests.unit.test_forking_executor -*-
+"""The forking executor: every attempt is a local child process in its own process group.
+
+The split follows buildbot's RunProcessPP/RunProcess: :class:`_ProcessAdapter` is a thin
+``ProcessProtocol`` forwarding every event to one :class:`ForkedExecution`, which owns the
+output buffers, the timers and the result Deferred.
+
+Why ``setsid``: ``reactor.spawnProcess`` has no way to run code in the child before
+``exec``, so it cannot put the child in a new process group.  We therefore exec
+``/usr/bin/setsid -- <command...>``.  The forked child is never a process-group leader, so
+setsid calls ``setsid()`` in place (no extra fork) and then ``execvp``s the command: the
+task keeps the pid we spawned, its pid is its process-group id, and it sees exactly the
+``argv`` the job gave (``argv[0]`` included), looked up in the job's ``PATH``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daggy.executors._process import (
+    BoundedOutput,
+    FinishedExecution,
+    ProcessReactor,
+    ProgramNotFound,
+    check_work_dir,
+    describe_exit,
+    find_program,
+    format_seconds,
+)
+from daggy.model import Attempt
+
+JOB_FIELDS = ("command", "environment", "timeoutSeconds", "workDir")
+SHUTDOWN_REASON = "daemon shutting down"
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but `true` is not a number of seconds.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has_nul(text: str) -> bool:
+    return "\0" in text
+
+
+def validate_command_job(job: Any, path: str) -> list[str]:
+    """Check a ``{command, environment, timeoutSeconds, workDir}`` job; see
+    :meth:`ForkingTaskExecutor.validate_job`."""
+    if not isinstance(job, dict):
+        return [f"{path}: must be an object"]
+    errors: list[str] = []
+    for key in job:
+        if key not in JOB_FIELDS:
+            errors.append(
+                f"{path}.{key}: unknown job field (allowed: {', '.join(JOB_FIELDS)})"
+            )
+
+    command = job.get("command")
+    if "command" not in job:
+        errors.append(f"{path}.command: is required (a non-empty list of strings)")
+    elif not isinstance(command, list) or not command:
+        errors.append(f"{path}.command: must be a non-empty list of strings")
+    else:
+        for index, arg in enumerate(command):
+            if not isinstance(arg, str):
+                errors.append(f"{path}.command[{index}]: must be a string")
+            elif _has_nul(arg):
+                errors.append(f"{path}.command[{index}]: must not contain NUL characters")
+        if isinstance(command[0], str) and not command[0]:
+            errors.append(f"{path}.command[0]: must name the program (it is empty)")
+
+    if "environment" in job:
+        environment = job["environment"]
+        if not isinstance(environment, dict):
+            errors.append(f"{path}.environment: must be an object of strings")
+        else:
+            for name, value in environment.items():
+                if not name or "=" in name or _has_nul(name):
+                    errors.append(
+                        f"{path}.environment.{name}: variable names must be non-empty and"
+                        " contain no '=' or NUL"
+                    )
+                if not isinstance(value, str):
+                    errors.append(f"{path}.environment.{name}: must be a string")
+                elif _has_nul(value):
+                    errors.append(f"{path}.environment.{name}: must not contain NUL characters")
+
+    if "timeoutSeconds" in job:
+        timeout = job["timeoutSeconds"]
+        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+            errors.append(f"{path}.timeoutSeconds: must be a number > 0")
+
+    if "workDir" in job:
+        work_dir = job["workDir"]
+        if not isinstance(work_dir, str) or not work_dir:
+            errors.append(f"{path}.workDir: must be a non-empty string")
+        elif _has_nul(work_dir):
+            errors.append(f"{path}.workDir: must not contain NUL characters")
+    return errors
+
+
+class ForkingTaskExecutor:
+    """Run each attempt as a local process (argv, no shell) in its own process group.
+
+    :param reactor: provides ``seconds``, ``callLater`` and ``spawnProcess``.
+    :param threads: how many attempts may run at once (the runner enforces it).
+    :param max_output_bytes: bytes kept per stream (stdout, stderr); the rest is dropped.
+    :param kill_grace_seconds: how long after SIGTERM to send SIGKILL; also how long to
+        wait for output pipes to close after the process exited.
+    :param environ: the environment every task starts from (default: a snapshot of
+        ``os.environ`` taken now); the job's ``environment`` is laid over it.
+    :param kill_group: ``os.killpg``-compatible; tests inject a fake.
+    :param setsid_path: the util-linux ``setsid`` that puts each task in a new session.
+    """
+
+    log = Logger()
+
+    templatable_fields = ("command", "environment", "workDir")
+
+    def __init__(
+        self,
+        reactor: ProcessReactor,
+        threads: int = 10,
+        max_output_bytes: int = 16 * 1024 * 1024,
+        kill_grace_seconds: float = 5.0,
+        environ: dict[str, str] | None = None,
+        *,
+        kill_group: Callable[[int, int], None] = os.killpg,
+        setsid_path: str = "/usr/bin/setsid",
+    ) -> None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, not {threads!r}")
+        if (
+            not isinstance(max_output_bytes, int)
+            or isinstance(max_output_bytes, bool)
+            or max_output_bytes < 0
+        ):
+            raise ValueError(f"maxOutputBytes must be an integer >= 0, not {max_output_bytes!r}")
+        if not _is_number(kill_grace_seconds) or not 0 <= kill_grace_seconds < math.inf:
+            raise ValueError(f"killGraceSeconds must be a number >= 0, not {kill_grace_seconds!r}")
+        self._reactor = reactor
+        self.capacity: int | None = threads
+        self._max_output_bytes = max_output_bytes
+        self._kill_grace_seconds = float(kill_grace_seconds)
+        self._environ = dict(os.environ if environ is None else environ)
+        self._kill_group = kill_group
+        self._setsid_path = setsid_path
+        self._running: set[ForkedExecution] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+        self._stopped = False
+
+    def validate_job(self, job: Any, path: str) -> list[str]:
+        """Every problem with ``job``, each as ``"<path>.<field>: <message>"``.
+
+        Unknown fields are errors, so a misspelt ``timeoutSecond`` is not silently ignored.
+        """
+        return validate_command_job(job, path)
+
+    def start(
+        self, run_id: int, task_name: str, job: dict[str, Any]
+    ) -> ForkedExecution | FinishedExecution:
+        """Spawn one attempt of an already validated and expanded job.
+
+        Never raises for a task-level problem: a missing program, a bad ``workDir`` or a
+        failing ``spawnProcess`` give an execution whose result has already fired with
+        ``succeeded=False, rc=None`` and ``executorLog`` starting ``spawn failed:``.
+        """
+        start_time = self._reactor.seconds()
+        label = f"run {run_id} task {task_name}"
+        if self._stopped:
+            return FinishedExecution(
+                Attempt(
+                    start_time=start_time,
+                    stop_time=start_time,
+                    rc=None,
+                    succeeded=False,
+                    executor_log=f"not started: {SHUTDOWN_REASON}",
+                    killed=True,
+                )
+            )
+        command = list(job["command"])
+        environment = dict(self._environ)
+        environment.update(job.get("environment") or {})
+        work_dir = job.get("workDir")
+        try:
+            cwd = os.getcwd()
+            if work_dir is not None:
+                check_work_dir(work_dir)
+                cwd = os.path.join(cwd, work_dir)
+            find_program(self._setsid_path, None, cwd)
+            # The lookup setsid's execvp will do, done here so a typo is reported plainly.
+            find_program(command[0], environment.get("PATH"), cwd)
+        except (ProgramNotFound, OSError) as e:
+            return self._spawn_failed(label, start_time, str(e))
+
+        execution = ForkedExecution(
+            self._reactor,
+            self._kill_group,
+            label=label,
+            start_time=start_time,
+            timeout_seconds=job.get("timeoutSeconds"),
+            kill_grace_seconds=self._kill_grace_seconds,
+            max_output_bytes=self._max_output_bytes,
+            on_ended=self._execution_ended,
+        )
+        try:
+            execution.spawn(self._setsid_path, command, environment, work_dir)
+        except (OSError, ValueError) as e:
+            # OSError: fork or pipe limits; ValueError: e.g. a NUL byte in an argument that
+            # came from a parameter value.
+            return self._spawn_failed(label, start_time, str(e))
+        except Exception as e:
+            self.log.failure("spawnProcess failed unexpectedly for {label}", label=label)
+            return self._spawn_failed(label, start_time, f"{type(e).__name__}: {e}")
+        if not execution.ended:
+            self._running.add(execution)
+        return execution
+
+    def stop(self) -> Deferred[None]:
+        """Kill every running attempt (reason ``daemon shutting down``) and refuse new ones.
+
+        :returns: a Deferred firing with ``None`` once every attempt's result has fired.
+        """
+        self._stopped = True
+        for execution in list(self._running):
+            execution.kill(SHUTDOWN_REASON)
+        if not self._running:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    @property
+    def running_count(self) -> int:
+        """How many attempts have started and not yet ended."""
+        return len(self._running)
+
+    def _spawn_failed(self, label: str, start_time: float, why: str) -> FinishedExecution:
+        self.log.warn("could not start {label}: {why}", label=label, why=why)
+        return FinishedExecution(
+            Attempt(
+                start_time=start_time,
+                stop_time=self._reactor.seconds(),
+                rc=None,
+                succeeded=False,
+                executor_log=f"spawn failed: {why}",
+            )
+        )
+
+    def _execution_ended(self, execution: ForkedExecution) -> None:
+        self._running.discard(execution)
+        if not self._running and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+
+class _ProcessAdapter(ProcessProtocol):
+    """Forwards process events to a :class:`ForkedExecution`; holds no logic itself."""
+
+    def __init__(self, execution: ForkedExecution) -> None:
+        self._execution = execution
+
+    def connectionMade(self) -> None:
+        self._execution.process_started(self.transport)
+
+    def outReceived(self, data: bytes) -> None:
+        self._execution.add_stdout(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._execution.add_stderr(data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._execution.process_exited()
+
+    def processEnded(self, reason: Failure) -> None:
+        self._execution.process_ended(reason)
+
+
+class ForkedExecution:
+    """One attempt running as a child process: output, timers, kill, and the result.
+
+    ``result`` fires exactly once, from ``processEnded`` (after every output pipe closed).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: ProcessReactor,
+        kill_group: Callable[[int, int], None],
+        *,
+        label: str,
+        start_time: float,
+        timeout_seconds: float | None,
+        kill_grace_seconds: float,
+        max_output_bytes: int,
+        on_ended: Callable[[ForkedExecution], None],
+    ) -> None:
+        self.result: Deferred[Attempt] = Deferred()
+        self._reactor = reactor
+        self._kill_group = kill_group
+        self._label = label
+        self._start_time = start_time
+        self._timeout_seconds = timeout_seconds
+        self._grace = kill_grace_seconds
+        self._on_ended = on_ended
+        self._stdout = BoundedOutput(max_output_bytes)
+        self._stderr = BoundedOutput(max_output_bytes)
+        self._transport: Any = None
+        # The pid of the child, which setsid makes the id of its process group too.
+        self._pgid: int | None = None
+        # Why the attempt is ending, in order (kill, timeout, escalation, abandoned output).
+        self._notes: list[str] = []
+        self._killed = False
+        self._timed_out = False
+        self._terminating = False
+        self._exited = False
+        self.ended = False
+        self._timeout_call: Any = None
+        self._sigkill_call: Any = None
+        self._abandon_call: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        """The task's pid (also its process-group id); ``None`` before it was spawned."""
+        return self._pgid
+
+    def spawn(
+        self, setsid_path: str, command: list[str], env: dict[str, str], work_dir: str | None
+    ) -> None:
+        """Start the process; exceptions from ``spawnProcess`` propagate to the caller."""
+        try:
+            transport = self._reactor.spawnProcess(
+                _ProcessAdapter(self),
+                setsid_path,
+                [setsid_path, "--", *command],
+                env=env,
+                path=work_dir,
+            )
+        except BaseException:
+            # A late processEnded from a half-started process must not fire the result.
+            self.ended = True
+            raise
+        if self._transport is None:
+            self.process_started(transport)
+        self.log.debug("started {label} as pid {pid}", label=self._label, pid=self._pgid)
+        # Tasks get no input: EOF at once instead of a read that blocks forever.
+        transport.closeStdin()
+        if self._timeout_seconds is not None and not self.ended and not self._exited:
+            self._timeout_call = self._reactor.callLater(self._timeout_seconds, self._time_out)
+
+    def process_started(self, transport: Any) -> None:
+        """Called from ``connectionMade``, inside ``spawnProcess``.
+
+        The pid is taken here because a child that exits at once can be reaped before
+        ``spawnProcess`` returns, and the transport forgets its pid once it is reaped.
+        """
+        self._transport = transport
+        self._pgid = transport.pid
+
+    def kill(self, reason: str) -> None:
+        """SIGTERM the process group, SIGKILL it ``kill_grace_seconds`` later; ``result``
+        fires with ``killed=True`` and ``reason`` in ``executorLog``.  Idempotent."""
+        if self.ended or self._killed:
+            return
+        self._killed = True
+        self._notes.append(f"killed: {reason}")
+        self._terminate()
+
+    def add_stdout(self, data: bytes) -> None:
+        self._stdout.add(data)
+
+    def add_stderr(self, data: bytes) -> None:
+        self._stderr.add(data)
+
+    def process_exited(self) -> None:
+        """The child is reaped, but a background process may still hold its output pipes."""
+        self._exited = True
+        if self.ended:
+            return
+        self._cancel_timeout()
+        if not self._terminating and self._abandon_call is None:
+            # Without this, `cmd &` that inherits stdout would keep the attempt running for
+            # as long as the background process lives.
+            self._abandon_call = self._reactor.callLater(self._grace, self._abandon_output)
+
+    def process_ended(self, reason: Failure) -> None:
+        if self.ended:
+            self.log.warn("{label}: process ended twice; ignored", label=self._label)
+            return
+        self.ended = True
+        self._exited = True
+        self._cancel_timeout()
+        for name in ("_sigkill_call", "_abandon_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        if self._terminating:
+            # Group members that ignored SIGTERM and do not hold our pipes would otherwise
+            # survive a kill; the group id cannot be reused while any of them lives.
+            self._signal_group(signal.SIGKILL)
+        try:
+            attempt = self._make_attempt(reason)
+        except Exception:
+            self.log.failure("{label}: could not build the attempt record", label=self._label)
+            self.result.errback(Failure())
+        else:
+            self.result.callback(attempt)
+        finally:
+            self._on_ended(self)
+
+    def _make_attempt(self, reason: Failure) -> Attempt:
+        rc, description = describe_exit(reason)
+        lines = [*self._notes, description]
+        for name, stream in (("stdout", self._stdout), ("stderr", self._stderr)):
+            if stream.truncated:
+                lines.append(
+                    f"{name} truncated: kept the first {stream.kept} of {stream.total} bytes"
+                )
+        return Attempt(
+            start_time=self._start_time,
+            stop_time=self._reactor.seconds(),
+            rc=rc,
+            succeeded=rc == 0 and not self._killed and not self._timed_out,
+            output_log=self._stdout.text(),
+            error_log=self._stderr.text(),
+            executor_log="\n".join(lines),
+            killed=self._killed,
+            timed_out=self._timed_out,
+            output_truncated=self._stdout.truncated,
+            error_truncated=self._stderr.truncated,
+            executor_state={"pid": self._pgid} if self._pgid is not None else {},
+        )
+
+    def _time_out(self) -> None:
+        self._timeout_call = None
+        self._timed_out = True
+        self._notes.append(f"timed out after {format_seconds(self._timeout_seconds)}")
+        self._terminate()
+
+    def _terminate(self) -> None:
+        self._cancel_timeout()
+        if self._terminating:
+            return
+        self._terminating = True
+        self._signal_group(signal.SIGTERM)
+        self._sigkill_call = self._reactor.callLater(self._grace, self._send_sigkill)
+
+    def _send_sigkill(self) -> None:
+        self._sigkill_call = None
+        self._notes.append(
+            f"still running {format_seconds(self._grace)} after SIGTERM: sent SIGKILL"
+        )
+        self._signal_group(signal.SIGKILL)
+        if self._abandon_call is None:
+            # A process that escaped the group (its own setsid) may still hold the pipes.
+            self._abandon_call = self._reactor.callLater(self._grace, self._abandon_output)
+
+    def _abandon_output(self) -> None:
+        self._abandon_call = None
+        self._notes.append(
+            f"output pipes still open {format_seconds(self._grace)} later (held by a"
+            " background process): stopped reading"
+        )
+        if self._transport is not None:
+            self._transport.loseConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        self._timeout_call = None
+
+    def _signal_group(self, signum: int) -> None:
+        pgid = self._pgid
+        # 0 would be our own group and -1 every process we may signal.
+        if pgid is None or pgid <= 1:
+            return
+        try:
+            self._kill_group(pgid, signum)
+            return
+        except ProcessLookupError:
+            # Either the group is gone, or the child has not reached setsid() yet.
+            pass
+        except OSError as e:
+            self.log.warn(
+                "{label}: could not signal process group {pgid}: {error}",
+                label=self._label,
+                pgid=pgid,
+                error=e,
+            )
+            return
+        if not self._exited:
+            try:
+                self._transport.signalProcess(signum)
+            except (ProcessExitedAlready, OSError):
+                pass

@@ -1,0 +1,1 @@
+"""Loggers: the durable record of every run, task state change and attempt."""

@@ -1,0 +1,361 @@
+"""The runner: turns the DAG engine's decisions into executor calls and logger records.
+
+One :class:`RunManager` serves the daemon.  It admits at most ``max_active_runs`` runs at
+once (``dag-threads``; the rest wait QUEUED) and never has more attempts in flight than the
+executor's ``capacity``.  Ready tasks are dispatched once per reactor turn, round-robin over
+the active runs, at most ``dispatch_batch`` per turn so a huge ready set cannot starve the
+HTTP server.
+
+Each run has one Deferred (``_Run.done``) that fires with its final state; every callback
+chain ends in an errback that logs the failure and records the run as ERRORED.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daggy.dag import DagEngine, Outcome
+from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
+from daggy.model import FINISHED_STATES, Attempt, State, TaskDef
+from daggy.spec import parse_generated_tasks, parse_run_spec
+from daggy.spec.parse import DEFAULT_MAX_TASKS
+
+SHUTDOWN_REASON = "daemon shutting down"
+
+
+class _Run:
+    def __init__(self, run_id: int, tag: str | None, parameters: dict[str, Any]):
+        self.run_id = run_id
+        self.tag = tag
+        self.parameters = parameters
+        self.engine: DagEngine | None = None
+        self.state = State.QUEUED
+        self.active = False  # holds one of the max_active_runs slots
+        self.executions: dict[str, Any] = {}
+        self.retry_timers: dict[str, Any] = {}
+        self.done: defer.Deferred = defer.Deferred()
+
+
+class RunManager:
+    log = Logger()
+
+    def __init__(self, reactor, executor, logger, max_active_runs: int = 50,
+                 max_tasks: int = DEFAULT_MAX_TASKS, dispatch_batch: int = 1000):
+        self._reactor = reactor
+        self._executor = executor
+        self._logger = logger
+        self._max_active_runs = max_active_runs
+        self._max_tasks = max_tasks
+        self._dispatch_batch = dispatch_batch
+        self._runs: dict[int, _Run] = {}
+        self._waiting: deque[_Run] = deque()
+        self._active_count = 0
+        self._ready_runs: dict[int, _Run] = {}  # insertion order is the round-robin order
+        self._in_flight = 0
+        self._dispatch_call = None
+        self._drained: defer.Deferred | None = None
+        self.accepting = True
+        self._stopping = False
+
+    # -- submission ----------------------------------------------------------------------
+    def validate(self, doc: Any) -> list[str]:
+        """Expanded task names of ``doc``; raises SpecInvalid."""
+        return [task.name for task in parse_run_spec(doc, self._executor, self._max_tasks).tasks]
+
+    def submit(self, doc: Any) -> defer.Deferred:
+        """Validate, record and queue a run.  Fires with the run ID; fails with SpecInvalid,
+        or Unavailable while the daemon stops."""
+        return defer.Deferred.fromCoroutine(self._submit(doc))
+
+    async def _submit(self, doc: Any) -> int:
+        if not self.accepting:
+            raise Unavailable("daggyd is shutting down and accepts no new runs")
+        spec = parse_run_spec(doc, self._executor, self._max_tasks)
+        now = self._reactor.seconds()
+        run_id = await self._logger.create_run(spec.tag, spec.parameters, now)
+        run = _Run(run_id, spec.tag, spec.parameters)
+        run.engine = DagEngine(on_state=self._state_recorder(run_id))
+        run.engine.add_groups(spec.groups)
+        self._logger.add_tasks(run_id, spec.tasks, now)
+        self._runs[run_id] = run
+        run.done.addErrback(self._log_run_failure, run)
+        self._enqueue(run)
+        return run_id
+
+    def _state_recorder(self, run_id: int):
+        record, clock = self._logger.record_task_state, self._reactor
+
+        def on_state(name: str, state: State) -> None:
+            record(run_id, name, state, clock.seconds())
+
+        return on_state
+
+    def run_done(self, run_id: int) -> defer.Deferred:
+        """A Deferred firing with the run's state when it next finishes."""
+        run = self._get(run_id)
+        if run.state in FINISHED_STATES and not run.active:
+            return defer.succeed(run.state)
+        waiter: defer.Deferred = defer.Deferred()
+        run.done.addBoth(lambda result: (waiter.callback(result), result)[1])
+        return waiter
+
+    # -- run admission -------------------------------------------------------------------
+    def _set_run_state(self, run: _Run, state: State) -> None:
+        if run.state is not state:
+            run.state = state
+            self._logger.record_run_state(run.run_id, state, self._reactor.seconds())
+
+    def _enqueue(self, run: _Run) -> None:
+        self._set_run_state(run, State.QUEUED)
+        if self._active_count < self._max_active_runs and not self._stopping:
+            self._activate(run)
+        else:
+            self._waiting.append(run)
+
+    def _activate(self, run: _Run) -> None:
+        self._active_count += 1
+        run.active = True
+        self._set_run_state(run, State.RUNNING)
+        self._after_change(run)
+
+    def _release(self, run: _Run) -> None:
+        run.active = False
+        self._active_count -= 1
+        self._ready_runs.pop(run.run_id, None)
+        while self._waiting and self._active_count < self._max_active_runs and not self._stopping:
+            waiting = self._waiting.popleft()
+            if waiting.state is State.QUEUED and not waiting.active:
+                self._activate(waiting)
+
+    def _after_change(self, run: _Run) -> None:
+        """Re-evaluate a run after its engine changed: finish it, or make it dispatchable."""
+        engine = run.engine
+        if not run.active:
+            return
+        if engine.is_finished():
+            self._set_run_state(run, engine.final_state())
+            self._release(run)
+            done, run.done = run.done, defer.Deferred()
+            run.done.addErrback(self._log_run_failure, run)
+            done.callback(run.state)
+        elif engine.ready_count and not engine.killed:
+            self._ready_runs[run.run_id] = run
+            self._schedule_dispatch()
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _schedule_dispatch(self) -> None:
+        if self._dispatch_call is None and not self._stopping:
+            self._dispatch_call = self._reactor.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_call = None
+        capacity = self._executor.capacity
+        started = 0
+        while (self._ready_runs and not self._stopping
+               and (capacity is None or self._in_flight < capacity)):
+            if started >= self._dispatch_batch:
+                self._schedule_dispatch()
+                return
+            run_id, run = next(iter(self._ready_runs.items()))
+            del self._ready_runs[run_id]
+            task = run.engine.pop_ready()
+            if task is None:
+                continue
+            if run.engine.ready_count:
+                self._ready_runs[run_id] = run  # to the back: round-robin between runs
+            self._start(run, task)
+            started += 1
+
+    def _start(self, run: _Run, task: TaskDef) -> None:
+        run.engine.mark_running(task.name)
+        self._in_flight += 1
+        try:
+            execution = self._executor.start(run.run_id, task.name, task.job)
+        except Exception:
+            failure = Failure()
+            self.log.failure("executor failed to start {task} of run {run_id}", failure,
+                             task=task.name, run_id=run.run_id)
+            result = defer.succeed(self._internal_attempt(failure))
+        else:
+            run.executions[task.name] = execution
+            result = execution.result
+        result.addErrback(self._executor_bug, run, task)
+        result.addCallback(self._attempt_ended, run, task)
+        result.addErrback(self._internal_error, run)
+
+    def _internal_attempt(self, failure: Failure) -> Attempt:
+        now = self._reactor.seconds()
+        return Attempt(start_time=now, stop_time=now, rc=None, succeeded=False,
+                       executor_log=f"internal executor error: {failure.getErrorMessage()}")
+
+    def _executor_bug(self, failure: Failure, run: _Run, task: TaskDef) -> Attempt:
+        self.log.failure("executor failed {task} of run {run_id}", failure, task=task.name,
+                         run_id=run.run_id)
+        return self._internal_attempt(failure)
+
+    # -- attempt results -----------------------------------------------------------------
+    def _attempt_ended(self, attempt: Attempt, run: _Run, task: TaskDef) -> None:
+        self._in_flight -= 1
+        run.executions.pop(task.name, None)
+        engine = run.engine
+        generated = None
+        if task.is_generator and attempt.succeeded:
+            generated = self._generated_tasks(attempt, run, task)
+        self._logger.record_attempt(run.run_id, task.name, attempt)
+        if self._stopping and attempt.killed:
+            engine.requeue_interrupted(task.name)  # runs again when the run resumes
+        else:
+            if generated:
+                engine.add_groups(generated, after=task.name)
+                self._logger.add_tasks(run.run_id, [t for g in generated for t in g.instances],
+                                       self._reactor.seconds())
+            outcome = engine.attempt_ended(task.name, attempt.succeeded, killed=attempt.killed)
+            if outcome is Outcome.RETRY:
+                run.retry_timers[task.name] = self._reactor.callLater(
+                    task.retry_interval_seconds, self._retry_due, run, task.name)
+            self._after_change(run)
+        self._schedule_dispatch()
+        if self._drained is not None and self._in_flight == 0:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def _generated_tasks(self, attempt: Attempt, run: _Run, task: TaskDef):
+        """Parse a generator's stdout; on bad output mark the attempt failed and say why."""
+        try:
+            doc = json.loads(attempt.output_log)
+        except ValueError as error:
+            problem = f"generator output is not valid JSON: {error}"
+        else:
+            try:
+                return parse_generated_tasks(doc, self._executor, run.parameters, task,
+                                             set(run.engine.names()), self._max_tasks)
+            except SpecInvalid as error:
+                problem = "generator output rejected: " + "; ".join(error.errors)
+        attempt.succeeded = False
+        attempt.executor_log = "; ".join(filter(None, [attempt.executor_log, problem]))
+        return None
+
+    def _retry_due(self, run: _Run, name: str) -> None:
+        run.retry_timers.pop(name, None)
+        try:
+            run.engine.retry_due(name)
+            self._after_change(run)
+        except Exception:
+            self._internal_error(Failure(), run)
+
+    def _internal_error(self, failure: Failure, run: _Run) -> None:
+        """A bug in the runner: log it, and fail the run rather than leave it hanging."""
+        self.log.failure("internal error in run {run_id}", failure, run_id=run.run_id)
+        for timer in run.retry_timers.values():
+            timer.cancel()
+        run.retry_timers.clear()
+        for execution in list(run.executions.values()):
+            execution.kill("internal error in daggyd")
+        if run.active:
+            self._set_run_state(run, State.ERRORED)
+            self._release(run)
+
+    def _log_run_failure(self, failure: Failure, run: _Run) -> None:
+        self.log.failure("run {run_id} failed", failure, run_id=run.run_id)
+
+    # -- operator actions ----------------------------------------------------------------
+    def _get(self, run_id: int) -> _Run:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
+
+    def kill_run(self, run_id: int) -> None:
+        """Kill a run: running tasks are killed, queued ones never start.
+
+        :raises UnknownRun: no such run.  :raises Conflict: the run already finished."""
+        run = self._get(run_id)
+        if run.state in FINISHED_STATES:
+            raise Conflict(f"run {run_id} is already {run.state}")
+        for name in run.engine.kill():
+            run.executions[name].kill("run killed by request")
+        for timer in run.retry_timers.values():
+            timer.cancel()
+        run.retry_timers.clear()
+        self._set_run_state(run, State.KILLED)
+        self._after_change(run)  # releases the slot at once if nothing was running
+
+    def resume_run(self, run_id: int) -> None:
+        """Queue a finished run again: COMPLETED tasks stay, the rest run again.
+
+        :raises Conflict: the run is queued or running, or its killed tasks are still
+            stopping."""
+        run = self._get(run_id)
+        if run.active or run.state not in FINISHED_STATES:
+            detail = ("still stopping its killed tasks" if run.state in FINISHED_STATES
+                      else str(run.state))
+            raise Conflict(f"run {run_id} is {detail}; only a finished run can be resumed")
+        if self._stopping:
+            raise Unavailable("daggyd is shutting down")
+        run.engine.resume()
+        self._enqueue(run)
+
+    def set_task_state(self, run_id: int, name: str, state: State) -> None:
+        """Operator action on one task: QUEUED re-runs it (resuming a finished run),
+        COMPLETED marks it done so its children can run, KILLED kills it."""
+        run = self._get(run_id)
+        engine = run.engine
+        if name not in engine:
+            raise UnknownTask(run_id, name)
+        if state is State.QUEUED:
+            if self._stopping:
+                raise Unavailable("daggyd is shutting down")
+            engine.requeue_task(name)
+        elif state is State.COMPLETED:
+            engine.complete_task(name)
+            timer = run.retry_timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
+        elif state is State.KILLED:
+            if engine.kill_task(name):
+                run.executions[name].kill("task killed by request")
+            timer = run.retry_timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
+        else:
+            raise BadRequest(f"state: a task can be set to QUEUED, COMPLETED or KILLED, "
+                             f"not {state}")
+        if run.active:
+            self._after_change(run)
+        elif run in self._waiting:
+            pass
+        elif not engine.killed and engine.ready_count:
+            self._enqueue(run)  # a finished run has work again
+        else:
+            self._set_run_state(run, engine.final_state())
+
+    # -- shutdown ------------------------------------------------------------------------
+    def stop(self) -> defer.Deferred:
+        """Stop accepting runs, kill running tasks (their attempts are recorded and the
+        tasks queued again), flush the logger.  Fires when all that is done."""
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.accepting = False
+        self._stopping = True
+        if self._dispatch_call is not None:
+            self._dispatch_call.cancel()
+            self._dispatch_call = None
+        for run in self._runs.values():
+            for timer in run.retry_timers.values():
+                timer.cancel()
+            run.retry_timers.clear()
+        if self._in_flight:
+            self._drained = defer.Deferred()
+            drained = self._drained
+            await self._executor.stop()
+            await drained
+        else:
+            await self._executor.stop()
+        await self._logger.flush()

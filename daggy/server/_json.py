@@ -1,0 +1,22 @@
+# -*- test-case-name: tests.unit.test_api -*-
+"""Writing JSON answers, shared by the routes and the body-size guard."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+JSON_CONTENT_TYPE = b"application/json"
+
+
+def json_body(request: IRequest, value: Any, status: int = 200) -> bytes:
+    """Set C{status} and the JSON content type on C{request}; return C{value} encoded.
+
+    C{ensure_ascii} stays on so a lone surrogate that came in through a client's JSON
+    (a legal C{"\\ud800"} escape) can still be written back.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    return json.dumps(value, separators=(",", ":")).encode("ascii")

@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.unit.test_api -*-
+"""daggyd's REST API (documented in docs/api.md).
+
+L{DaggyAPI} is a class-based Klein app: routes read through the logger and act through the
+runner; every failure, whether a typed L{DaggyError}, a routing miss (404/405) or a bug,
+is turned into a JSON C{{"error": ...}} answer by L{DaggyAPI.answer_error}.
+
+Task names may contain any character.  Clients percent-encode a name as one path segment
+(C{/} as C{%2F}), but twisted.web percent-decodes segments before Klein routes them, which
+loses the difference between C{%2F} and C{/}; the task routes therefore capture everything
+after C{task/} and split the raw C{request.path} themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter
+
+from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun
+from daggy.model import State
+from daggy.server._json import json_body
+from daggy.server._site import IDLE_TIMEOUT_SECONDS, DaggySite, make_site
+
+__all__ = ["DaggyAPI", "DaggySite", "make_site", "IDLE_TIMEOUT_SECONDS"]
+
+_RUN_ID = re.compile(r"[0-9]+")
+_TRUE_WORDS = frozenset({"", "1", "true", "yes"})
+_FALSE_WORDS = frozenset({"0", "false", "no"})
+_RUN_TARGET_STATES = (State.QUEUED, State.KILLED)
+_TASK_TARGET_STATES = (State.QUEUED, State.COMPLETED, State.KILLED)
+
+
+class _Remainder(BaseConverter):
+    """Matches the rest of the path, even when empty or starting with C{/} (unlike C{path})."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+class _UTF8Resource(KleinResource):
+    """Answers a path or Host that is not UTF-8 with a JSON 400 before Klein sees it.
+
+    Klein itself would log an error and answer with a plain-text body.
+    """
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            for segment in request.prepath + request.postpath:
+                segment.decode("utf-8")
+        except UnicodeDecodeError:
+            return json_body(request, {"error": "path: not UTF-8 after percent-decoding"}, 400)
+        try:
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return json_body(request, {"error": "Host header: not UTF-8"}, 400)
+        return super().render(request)
+
+
+def _text(raw: bytes) -> str:
+    """Bytes from the request line, for messages and logs; never fails."""
+    return raw.decode("utf-8", "replace")
+
+
+def _parse_json_body(request: IRequest) -> Any:
+    raw = request.content.read()
+    if not raw.strip():
+        raise BadRequest("body: empty; expected a JSON document")
+
+    def reject_constant(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_constant=reject_constant)
+    except json.JSONDecodeError as e:
+        raise BadRequest(
+            f"body: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("body: invalid JSON: not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("body: invalid JSON: nested too deeply") from None
+    except ValueError as e:
+        raise BadRequest(f"body: invalid JSON: {e}") from None
+
+
+def _parse_spec_body(request: IRequest) -> dict[str, Any]:
+    doc = _parse_json_body(request)
+    if not isinstance(doc, dict):
+        raise BadRequest(
+            f"body: expected a JSON object (a DAG spec), got {_json_type_name(doc)}")
+    return doc
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _parse_run_id(text: str) -> int:
+    if not _RUN_ID.fullmatch(text):
+        # Run IDs are integers, so no run has this ID.
+        raise UnknownRun(text)
+    return int(text)
+
+
+def _parse_target_state(text: str, allowed: tuple[State, ...], what: str) -> State:
+    allowed_names = ", ".join(state.value for state in allowed)
+    try:
+        state = State(text.upper())
+    except ValueError:
+        raise BadRequest(
+            f"state: unknown state {text!r}; a {what} can be set to {allowed_names}") from None
+    if state not in allowed:
+        raise BadRequest(
+            f"state: a {what} cannot be set to {state.value}; use {allowed_names}")
+    return state
+
+
+def _query_value(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name}: give at most one value")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name}: not UTF-8") from None
+
+
+def _unquote_segment(raw: bytes, what: str) -> str:
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{what}: not UTF-8 after percent-decoding") from None
+
+
+def _task_path(request: IRequest, run_id: str) -> tuple[str, list[str]]:
+    """Split a raw C{/v1/dagrun/<id>/task/<name>[/...]} path into (name, trailing segments).
+
+    The name is exactly one raw segment, so an encoded C{%2F} stays inside it.  The API is
+    served as the root resource, so the raw path starts with these segments.
+    """
+    raw_segments = request.path.split(b"/")
+    expected_prefix = ["", "v1", "dagrun", run_id, "task"]
+    prefix = [_unquote_segment(s, "path") for s in raw_segments[:len(expected_prefix)]]
+    if prefix != expected_prefix or len(raw_segments) <= len(expected_prefix):
+        raise NotFound()
+    name = _unquote_segment(raw_segments[len(expected_prefix)], "task name")
+    if not name:
+        raise BadRequest("task name: empty")
+    tail = [_unquote_segment(s, "path") for s in raw_segments[len(expected_prefix) + 1:]]
+    if tail and tail[-1] == "":
+        # A trailing slash, accepted as on every other route (a name ending in "/" arrives
+        # as "%2F" inside its segment, so this is unambiguous).
+        tail.pop()
+    return name, tail
+
+
+class DaggyAPI:
+    """The daggyd REST API.
+
+    @param runner: a L{daggy.runner.RunManager} (submit, validate, kill/resume runs, force
+        task states).
+    @param logger: a L{daggy.loggers.interface.RunLogger}, read for every GET.
+    @param clock: an C{IReactorTime}; the Site made by L{make_site} uses it for idle
+        timeouts.
+    """
+
+    log = Logger()
+    app = Klein()
+    app.url_map.converters["remainder"] = _Remainder
+    # Answer "/v1/dagruns/" and "/v1/dagruns" alike instead of redirecting (a redirect would
+    # be an HTML page, and a POST would not survive it).
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+
+    def __init__(self, runner: Any, logger: Any, clock: Any):
+        self._runner = runner
+        self._logger = logger
+        self._clock = clock
+
+    @property
+    def clock(self) -> Any:
+        return self._clock
+
+    def resource(self) -> KleinResource:
+        """The API as an C{IResource}, to be the root resource of a Site."""
+        return _UTF8Resource(self.app)
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.handle_errors
+    def answer_error(self, request: IRequest, failure: Failure) -> bytes:
+        """Turn any failure of a route (or of routing) into a JSON answer."""
+        error = failure.value
+        if isinstance(error, DaggyError):
+            if error.status >= 500:
+                self.log.warn("{method} {uri}: {error}", method=_text(request.method),
+                              uri=_text(request.uri), error=error.message)
+            return json_body(request, error.to_json(), error.status)
+        if isinstance(error, HTTPException):
+            return self._answer_http_exception(request, error)
+        self.log.failure("Unexpected error answering {method} {uri}", failure,
+                         method=_text(request.method), uri=_text(request.uri))
+        return json_body(request, {"error": "internal error"}, 500)
+
+    def _answer_http_exception(self, request: IRequest, error: HTTPException) -> bytes:
+        method = _text(request.method)
+        path = _text(request.path)
+        if isinstance(error, NotFound):
+            message = f"no such endpoint: {method} {path}"
+        elif isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(error.valid_methods or ())
+            message = f"method {method} not allowed on {path}; allowed: {allowed}"
+        else:
+            message = error.description or error.name
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        return json_body(request, {"error": message}, error.code or 500)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request: IRequest) -> bytes:
+        return json_body(request, {"msg": "Ya like DAGs?"})
+
+    # Both spellings are registered: with only one, werkzeug answers a wrong verb on the other
+    # spelling with 404 instead of 405.
+    @app.route("/v1/dagrun", methods=["POST"], endpoint="submit_run")
+    @app.route("/v1/dagrun/", methods=["POST"], endpoint="submit_run_slash")
+    async def submit_run(self, request: IRequest) -> bytes:
+        doc = _parse_spec_body(request)
+        run_id = await self._runner.submit(doc)
+        return json_body(request, {"runID": run_id})
+
+    @app.route("/v1/dagrun/validate", methods=["POST"])
+    def validate_spec(self, request: IRequest) -> bytes:
+        doc = _parse_spec_body(request)
+        try:
+            names = self._runner.validate(doc)
+        except SpecInvalid as e:
+            return json_body(request, {"valid": False, **e.to_json()}, e.status)
+        return json_body(request, {"valid": True, "tasks": list(names)})
+
+    @app.route("/v1/dagruns", methods=["GET"], endpoint="list_runs")
+    @app.route("/v1/dagruns/", methods=["GET"], endpoint="list_runs_slash")
+    async def list_runs(self, request: IRequest) -> bytes:
+        all_runs = _query_value(request, "all")
+        if all_runs is None or all_runs.lower() in _FALSE_WORDS:
+            include_finished = False
+        elif all_runs.lower() in _TRUE_WORDS:
+            include_finished = True
+        else:
+            raise BadRequest(f"all: expected 1, true or yes (or 0, false, no), got {all_runs!r}")
+        state_name = _query_value(request, "state")
+        state = None
+        if state_name is not None:
+            try:
+                state = State(state_name.upper())
+            except ValueError:
+                names = ", ".join(s.value for s in State)
+                raise BadRequest(f"state: unknown state {state_name!r}; expected one of {names}")
+        if all_runs is None and state is not None:
+            # Asking for runs in a given state means those runs, finished or not.
+            include_finished = True
+        runs = await self._logger.list_runs(
+            all_runs=include_finished, tag=_query_value(request, "tag"), state=state)
+        return json_body(request, runs)
+
+    @app.route("/v1/dagrun/<run_id>", methods=["GET"])
+    async def get_run(self, request: IRequest, run_id: str) -> bytes:
+        run = await self._logger.get_run(_parse_run_id(run_id))
+        return json_body(request, run)
+
+    @app.route("/v1/dagrun/<run_id>", methods=["DELETE"])
+    async def kill_run(self, request: IRequest, run_id: str) -> bytes:
+        number = _parse_run_id(run_id)
+        await maybeDeferred(self._runner.kill_run, number)
+        return json_body(request, {"runID": number, "state": State.KILLED.value})
+
+    @app.route("/v1/dagrun/<run_id>/state", methods=["GET"])
+    async def get_run_state(self, request: IRequest, run_id: str) -> bytes:
+        state = await self._logger.get_run_state(_parse_run_id(run_id))
+        return json_body(request, state)
+
+    @app.route("/v1/dagrun/<run_id>/state/<state_name>", methods=["PATCH"])
+    async def set_run_state(self, request: IRequest, run_id: str, state_name: str) -> bytes:
+        number = _parse_run_id(run_id)
+        state = _parse_target_state(state_name, _RUN_TARGET_STATES, "run")
+        if state is State.QUEUED:
+            await maybeDeferred(self._runner.resume_run, number)
+        else:
+            await maybeDeferred(self._runner.kill_run, number)
+        return json_body(request, {"runID": number, "state": state.value})
+
+    @app.route("/v1/dagrun/<run_id>/task/<remainder:rest>", methods=["GET"])
+    async def get_task(self, request: IRequest, run_id: str, rest: str) -> bytes:
+        number = _parse_run_id(run_id)
+        name, tail = _task_path(request, run_id)
+        if tail == []:
+            task = await self._logger.get_task(number, name)
+            return json_body(request, task)
+        if tail == ["state"]:
+            state = await self._logger.get_task_state(number, name)
+            return json_body(request, state)
+        if len(tail) == 2 and tail[0] == "state":
+            raise MethodNotAllowed(valid_methods=["PATCH"])
+        raise NotFound()
+
+    @app.route("/v1/dagrun/<run_id>/task/<remainder:rest>", methods=["PATCH"])
+    async def set_task_state(self, request: IRequest, run_id: str, rest: str) -> bytes:
+        number = _parse_run_id(run_id)
+        name, tail = _task_path(request, run_id)
+        if tail == [] or tail == ["state"]:
+            raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
+        if len(tail) != 2 or tail[0] != "state":
+            raise NotFound()
+        state = _parse_target_state(tail[1], _TASK_TARGET_STATES, "task")
+        await maybeDeferred(self._runner.set_task_state, number, name, state)
+        return json_body(request, {"runID": number, "name": name, "state": state.value})

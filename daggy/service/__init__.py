@@ -1,0 +1,1 @@
+"""The daemon wiring: config file, service tree, ``twistd daggyd`` and the ``daggyd`` script."""

@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.unit.test_config -*-
+"""The loggers and executors a daemon config can name, with their config keys.
+
+Each entry maps a name (``"ForkingTaskExecutor"``) to the keys its ``config`` object accepts
+(each with a default and a check) and a ``build(reactor, config)`` factory.  The factories
+import their implementation lazily, so loading this module (and validating a config file)
+pulls in neither Twisted's reactor nor any backend library.
+
+Adding a backend takes a factory and one entry, for example::
+
+    def _build_redis_logger(reactor, config):
+        from daggy.loggers.redis import RedisLogger
+        return RedisLogger(reactor, host=config["host"], port=config["port"],
+                           prefix=config["prefix"])
+
+    LOGGERS["RedisLogger"] = Component(
+        settings={"host": Setting("localhost", non_empty_string),
+                  "port": Setting(6379, port_number),
+                  "prefix": Setting("daggy", non_empty_string)},
+        build=_build_redis_logger,
+    )
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+MiB = 1024 * 1024
+
+#: A check returns ``None`` for an acceptable value, else a problem such as
+#: ``must be an integer >= 1 (got "ten")``.
+Check = Callable[[Any], str | None]
+
+
+def shown(value: Any) -> str:
+    """Render a config value the way the user wrote it (JSON spelling), on one short line."""
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_integer(value: Any) -> bool:
+    # bool is a subclass of int, but `threads: true` is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_integer(value: Any) -> str | None:
+    if _is_integer(value) and value >= 1:
+        return None
+    return f"must be an integer >= 1 (got {shown(value)})"
+
+
+def port_number(value: Any) -> str | None:
+    if _is_integer(value) and 1 <= value <= 65535:
+        return None
+    return f"must be an integer from 1 to 65535 (got {shown(value)})"
+
+
+def positive_number(value: Any) -> str | None:
+    if (_is_integer(value) or isinstance(value, float)) and math.isfinite(value) and value > 0:
+        return None
+    return f"must be a number > 0 (got {shown(value)})"
+
+
+def non_empty_string(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return None
+    return f"must be a non-empty string (got {shown(value)})"
+
+
+def listen_address(value: Any) -> str | None:
+    """An IPv4 or IPv6 address literal, or ``localhost``."""
+    if isinstance(value, str):
+        if value == "localhost":
+            return None
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            pass
+        else:
+            return None
+    return f'must be an IPv4 or IPv6 address or "localhost" (got {shown(value)})'
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a component's ``config`` object."""
+
+    default: Any
+    check: Check
+
+
+@dataclass(frozen=True)
+class Component:
+    """A logger or executor that a config can name."""
+
+    settings: Mapping[str, Setting]
+    #: ``build(reactor, config)`` where ``config`` has every key of ``settings``, validated.
+    build: Callable[[Any, Mapping[str, Any]], Any]
+
+    def defaults(self) -> dict[str, Any]:
+        return {key: setting.default for key, setting in self.settings.items()}
+
+
+def _build_forking_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
+    from daggy.executors.forking import ForkingTaskExecutor
+
+    return ForkingTaskExecutor(
+        reactor,
+        threads=config["threads"],
+        max_output_bytes=config["maxOutputBytes"],
+        kill_grace_seconds=float(config["killGraceSeconds"]),
+    )
+
+
+def _build_noop_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
+    from daggy.executors.noop import NoopTaskExecutor
+
+    return NoopTaskExecutor(reactor)
+
+
+def _build_ostream_logger(reactor: Any, config: Mapping[str, Any]) -> Any:
+    from daggy.loggers.ostream import OStreamLogger
+
+    return OStreamLogger(reactor, file=config["file"])
+
+
+EXECUTORS: dict[str, Component] = {
+    "ForkingTaskExecutor": Component(
+        settings={
+            "threads": Setting(10, positive_integer),
+            "maxOutputBytes": Setting(16 * MiB, positive_integer),
+            "killGraceSeconds": Setting(5, positive_number),
+        },
+        build=_build_forking_executor,
+    ),
+    "NoopTaskExecutor": Component(settings={}, build=_build_noop_executor),
+}
+
+LOGGERS: dict[str, Component] = {
+    "OStreamLogger": Component(
+        settings={"file": Setting("-", non_empty_string)},
+        build=_build_ostream_logger,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The components a config may name; tests pass their own to inject fakes."""
+
+    loggers: Mapping[str, Component] = field(default_factory=lambda: LOGGERS)
+    executors: Mapping[str, Component] = field(default_factory=lambda: EXECUTORS)
+
+
+DEFAULT_REGISTRY = Registry()

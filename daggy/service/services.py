@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""The daemon's service tree and :func:`build_service`, which wires a config into it.
+
+The tree, in the order children are added (they start in this order and stop in reverse)::
+
+    DaggyService                     stops its children one at a time, last added first
+      LoggerService   "logger"       stop: logger.close()
+      RunnerService   "runner"       stop: runner.stop() (refuse runs, kill tasks, record, flush)
+      HTTPServerService "http"       stop: stop listening
+
+So on SIGTERM the HTTP port closes first, then the runner records every killed attempt
+through a logger that is still open, and only then is the logger closed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Mapping
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+
+from daggy.service.config import ConfigError, DaemonConfig
+from daggy.service.registry import DEFAULT_REGISTRY, Component, Registry
+
+
+class DaggyService(MultiService):
+    """A MultiService that stops its children sequentially, in reverse order of addition.
+
+    ``MultiService.stopService`` stops every child at once; daggyd needs each stop to finish
+    before the next begins (the runner must finish recording before the logger closes).
+    A child whose stop fails is logged and the next child is still stopped.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("Stopping the {name} service failed", name=child.name)
+
+
+class LoggerService(Service):
+    """Owns the run logger: closes (flushes and releases) it when the daemon stops."""
+
+    name = "logger"
+    log = Logger()
+
+    def __init__(self, logger: Any):
+        self.logger = logger
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        closing = maybeDeferred(self.logger.close)
+        closing.addErrback(
+            lambda failure: self.log.failure("Closing the run logger failed", failure)
+        )
+        return closing
+
+
+class RunnerService(Service):
+    """Owns the RunManager: stops it (no new runs, running tasks killed and recorded, logger
+    flushed) when the daemon stops."""
+
+    name = "runner"
+    log = Logger()
+
+    def __init__(self, runner: Any):
+        self.runner = runner
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        stopping = maybeDeferred(self.runner.stop)
+        stopping.addErrback(
+            lambda failure: self.log.failure("Stopping the runner failed", failure)
+        )
+        return stopping
+
+
+class HTTPServerService(StreamServerEndpointService):
+    """Serves the HTTP API on an endpoint.
+
+    Unlike its base class it lets a failure to listen (e.g. the port is in use) propagate
+    from ``privilegedStartService`` instead of only logging it, so the daemon exits at start
+    instead of running without a port.
+    """
+
+    name = "http"
+    _raiseSynchronously = True
+
+
+def listening_endpoint(reactor: Any, ip: str, port: int) -> Any:
+    """A TCP server endpoint for ``ip:port`` (IPv6 when ``ip`` is an IPv6 literal)."""
+    if ip != "localhost" and ipaddress.ip_address(ip).version == 6:
+        return TCP6ServerEndpoint(reactor, port, interface=ip)
+    return TCP4ServerEndpoint(reactor, port, interface=ip)
+
+
+def _build_component(
+    config: DaemonConfig, kind: str, components: Mapping[str, Component], reactor: Any
+) -> Any:
+    choice = getattr(config, kind)
+    try:
+        return components[choice.name].build(reactor, choice.config)
+    except OSError as error:
+        # e.g. OStreamLogger's file cannot be opened: a config problem, reported as one.
+        raise ConfigError(config.source, [f"{kind}: cannot start {choice.name}: {error}"]) from None
+
+
+def build_service(
+    config: DaemonConfig, reactor: Any, registry: Registry = DEFAULT_REGISTRY
+) -> DaggyService:
+    """Build the daemon's service tree for ``config`` on ``reactor`` (not started).
+
+    ``web-threads`` sizes the reactor's thread pool and ``dag-threads`` caps the DAG runs
+    executing at once; docs/config.md explains both.
+
+    :param registry: the loggers and executors the config's names refer to.
+    :raises ConfigError: a logger or executor cannot be created (e.g. a file cannot be opened).
+    """
+    # Imported here, not at module level, so that `twistd daggyd --help` and config
+    # validation do not import klein and the web stack.
+    from daggy.runner import RunManager
+    from daggy.server.api import DaggyAPI, make_site
+
+    reactor.suggestThreadPoolSize(config.web_threads)
+    logger = _build_component(config, "logger", registry.loggers, reactor)
+    executor = _build_component(config, "executor", registry.executors, reactor)
+    runner = RunManager(reactor, executor, logger, max_active_runs=config.dag_threads)
+    site = make_site(DaggyAPI(runner, logger, reactor), config.max_request_bytes)
+
+    daemon = DaggyService()
+    LoggerService(logger).setServiceParent(daemon)
+    RunnerService(runner).setServiceParent(daemon)
+    # Added last so that it is the first to stop: no new requests while the runner drains.
+    HTTPServerService(listening_endpoint(reactor, config.ip, config.port), site).setServiceParent(
+        daemon
+    )
+    return daemon

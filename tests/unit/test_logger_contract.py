@@ -1,0 +1,480 @@
+"""The RunLogger contract, run against every logger.
+
+Each entry of ``LOGGER_FACTORIES`` builds a :class:`Harness` around one logger.  The tests use
+only the RunLogger protocol plus the harness, so a new logger joins the suite by adding a
+factory (a RedisLogger factory would drive its fake connection inside ``settle``).
+
+Reads follow ``flush()`` because a logger may batch writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from daggy.errors import Conflict, UnknownRun, UnknownTask
+from daggy.loggers.interface import RunLogger
+from daggy.loggers.memory import MemoryStore
+from daggy.loggers.ostream import OStreamLogger
+from daggy.model import Attempt, State, TaskDef, iso8601
+
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class Harness:
+    """One logger under test plus the means to resolve its Deferreds."""
+
+    logger: RunLogger
+    #: Drive whatever the logger needs (fake clock, fake connection) until ``d`` has fired.
+    settle: Callable[[Deferred], None]
+    teardown: Callable[[], None] = lambda: None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def result(self, d: Deferred) -> Any:
+        outcome = self._outcome(d)
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return outcome
+
+    def failure(self, d: Deferred) -> Failure:
+        outcome = self._outcome(d)
+        assert isinstance(outcome, Failure), f"expected a failure, got {outcome!r}"
+        return outcome
+
+    def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.result(self.logger.flush())
+        return self.result(getattr(self.logger, method)(*args, **kwargs))
+
+    def read_failure(self, method: str, *args: Any, **kwargs: Any) -> Failure:
+        self.result(self.logger.flush())
+        return self.failure(getattr(self.logger, method)(*args, **kwargs))
+
+    def _outcome(self, d: Deferred) -> Any:
+        self.settle(d)
+        outcomes: list[Any] = []
+        d.addBoth(outcomes.append)
+        assert outcomes, f"{d!r} has not fired"
+        return outcomes[0]
+
+
+def make_memory_store(tmp_path) -> Harness:
+    return Harness(MemoryStore(), settle=lambda d: None)
+
+
+def make_ostream_logger(tmp_path) -> Harness:
+    clock = Clock()
+    logger = OStreamLogger(clock, str(tmp_path / "events.jsonl"))
+
+    def settle(d: Deferred) -> None:
+        clock.advance(0)
+
+    def teardown() -> None:
+        closed: list[Any] = []
+        logger.close().addBoth(closed.append)
+        assert closed == [None]
+        assert clock.getDelayedCalls() == []
+
+    return Harness(logger, settle=settle, teardown=teardown)
+
+
+#: Every logger the contract runs against: ``(factory(tmp_path) -> Harness)``.
+LOGGER_FACTORIES = [
+    pytest.param(make_memory_store, id="memory"),
+    pytest.param(make_ostream_logger, id="ostream"),
+]
+
+#: Loggers whose writes apply synchronously in memory (they share MemoryStore's write rules).
+IN_MEMORY_FACTORIES = LOGGER_FACTORIES
+
+
+@pytest.fixture(params=LOGGER_FACTORIES)
+def harness(request, tmp_path):
+    h = request.param(tmp_path)
+    yield h
+    h.teardown()
+
+
+@pytest.fixture(params=IN_MEMORY_FACTORIES)
+def in_memory(request, tmp_path):
+    h = request.param(tmp_path)
+    yield h
+    h.teardown()
+
+
+def task(name: str, **overrides: Any) -> TaskDef:
+    fields: dict[str, Any] = dict(name=name, defined_name=name.split("_")[0],
+                                  job={"command": ["/bin/echo", name]})
+    fields.update(overrides)
+    return TaskDef(**fields)
+
+
+def attempt(start: float, stop: float, rc: int = 0, **overrides: Any) -> Attempt:
+    return Attempt(start_time=start, stop_time=stop, rc=rc, succeeded=rc == 0, **overrides)
+
+
+def new_run(h: Harness, tasks: list[TaskDef] = (), tag: str | None = "nightly",
+            parameters: dict | None = None, now: float = T0) -> int:
+    run_id = h.result(h.logger.create_run(tag, parameters or {}, now))
+    if tasks:
+        h.logger.add_tasks(run_id, tasks, now)
+    return run_id
+
+
+def counts(**nonzero: int) -> dict[str, int]:
+    every = {state.value: 0 for state in State}
+    every.update(nonzero)
+    return every
+
+
+# -- run creation -------------------------------------------------------------------------
+
+def test_run_ids_are_allocated_from_zero_in_creation_order(harness):
+    """create_run fires with 0, 1, 2 for the first three runs."""
+    ids = [new_run(harness, tag=f"t{i}") for i in range(3)]
+    assert ids == [0, 1, 2]
+
+
+def test_new_run_is_queued_with_one_state_change_at_creation(harness):
+    """A new run is QUEUED, started and last updated at creation, with zero task counts."""
+    run_id = new_run(harness, tag="nightly", parameters={"DATE": ["2021-01-01", "2021-01-02"]})
+    run = harness.read("get_run", run_id)
+    assert run["runID"] == run_id
+    assert run["tag"] == "nightly"
+    assert run["state"] == "QUEUED"
+    assert run["parameters"] == {"DATE": ["2021-01-01", "2021-01-02"]}
+    assert run["startTime"] == iso8601(T0)
+    assert run["lastUpdate"] == iso8601(T0)
+    assert run["stateChanges"] == [{"time": iso8601(T0), "state": "QUEUED"}]
+    assert run["taskCounts"] == counts()
+    assert run["tasks"] == {}
+
+
+def test_get_run_has_exactly_the_documented_keys(harness):
+    """get_run answers with the documented document shape and JSON-serialisable values."""
+    run_id = new_run(harness, [task("a")])
+    run = harness.read("get_run", run_id)
+    assert set(run) == {"runID", "tag", "state", "parameters", "startTime", "lastUpdate",
+                        "taskCounts", "stateChanges", "tasks", "taskStates", "taskAttempts",
+                        "taskStateChanges"}
+    json.dumps(run)
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+def test_added_tasks_are_queued_with_their_definition_and_first_state_change(harness):
+    """add_tasks stores each definition as TaskDef.to_json(), QUEUED, with one state change."""
+    tasks = [task("pull", max_retries=2, children=["work"]),
+             task("work_1", parents=["pull"], expansion_values={"N": "1"})]
+    run_id = new_run(harness)
+    harness.logger.add_tasks(run_id, tasks, T0 + 1)
+    run = harness.read("get_run", run_id)
+    assert run["tasks"] == {t.name: t.to_json() for t in tasks}
+    assert run["taskStates"] == {"pull": "QUEUED", "work_1": "QUEUED"}
+    assert run["taskAttempts"] == {"pull": [], "work_1": []}
+    assert run["taskStateChanges"] == {
+        name: [{"time": iso8601(T0 + 1), "state": "QUEUED"}] for name in ("pull", "work_1")}
+    assert run["taskCounts"] == counts(QUEUED=2)
+    assert run["lastUpdate"] == iso8601(T0 + 1)
+
+
+def test_task_state_changes_move_task_counts(harness):
+    """Each task state change moves one task between taskCounts buckets."""
+    run_id = new_run(harness, [task("a"), task("b"), task("c")])
+    harness.logger.record_task_state(run_id, "a", State.RUNNING, T0 + 1)
+    harness.logger.record_task_state(run_id, "b", State.RUNNING, T0 + 2)
+    harness.logger.record_task_state(run_id, "a", State.COMPLETED, T0 + 3)
+    harness.logger.record_task_state(run_id, "b", State.RETRY, T0 + 4)
+    expected = counts(QUEUED=1, RETRY=1, COMPLETED=1)
+    assert harness.read("get_run_state", run_id)["taskCounts"] == expected
+    assert harness.read("get_run", run_id)["taskCounts"] == expected
+    assert harness.read("list_runs")[0]["taskCounts"] == expected
+
+
+def test_task_state_changes_are_kept_in_call_order(harness):
+    """taskStateChanges lists every change of a task in call order, even with equal times."""
+    run_id = new_run(harness, [task("a")])
+    for state in (State.RUNNING, State.RETRY, State.RUNNING, State.ERRORED):
+        harness.logger.record_task_state(run_id, "a", state, T0 + 5)
+    detail = harness.read("get_task", run_id, "a")
+    assert [change["state"] for change in detail["stateChanges"]] == [
+        "QUEUED", "RUNNING", "RETRY", "RUNNING", "ERRORED"]
+    assert detail["state"] == "ERRORED"
+    assert harness.read("get_task_state", run_id, "a") == {
+        "runID": run_id, "name": "a", "state": "ERRORED"}
+    assert harness.read("get_run", run_id)["taskStateChanges"]["a"] == detail["stateChanges"]
+
+
+def test_tasks_added_during_a_run_join_it_with_their_own_time(harness):
+    """Tasks added after the run started (generator output) are QUEUED and counted."""
+    run_id = new_run(harness, [task("gen", is_generator=True)])
+    harness.logger.record_run_state(run_id, State.RUNNING, T0 + 1)
+    harness.logger.record_task_state(run_id, "gen", State.COMPLETED, T0 + 2)
+    harness.logger.add_tasks(run_id, [task("child_1", parents=["gen"]),
+                                      task("child_2", parents=["gen"])], T0 + 3)
+    run = harness.read("get_run", run_id)
+    assert sorted(run["tasks"]) == ["child_1", "child_2", "gen"]
+    assert run["taskCounts"] == counts(QUEUED=2, COMPLETED=1)
+    assert run["taskStateChanges"]["child_1"] == [{"time": iso8601(T0 + 3), "state": "QUEUED"}]
+    assert run["lastUpdate"] == iso8601(T0 + 3)
+    assert harness.read("get_task", run_id, "child_2")["definition"]["parents"] == ["gen"]
+
+
+def test_adding_no_tasks_changes_nothing(harness):
+    """add_tasks with an empty batch leaves the run as it was."""
+    run_id = new_run(harness, [task("a")])
+    before = harness.read("get_run", run_id)
+    harness.logger.add_tasks(run_id, [], T0 + 9)
+    assert harness.read("get_run", run_id) == before
+
+
+# -- run state ----------------------------------------------------------------------------
+
+def test_run_state_changes_are_recorded_in_order(harness):
+    """record_run_state sets the state and appends to stateChanges in call order."""
+    run_id = new_run(harness)
+    harness.logger.record_run_state(run_id, State.RUNNING, T0 + 1)
+    harness.logger.record_run_state(run_id, State.ERRORED, T0 + 2)
+    harness.logger.record_run_state(run_id, State.QUEUED, T0 + 3)
+    harness.logger.record_run_state(run_id, State.RUNNING, T0 + 4)
+    run = harness.read("get_run", run_id)
+    assert run["state"] == "RUNNING"
+    assert run["stateChanges"] == [
+        {"time": iso8601(T0 + t), "state": s}
+        for t, s in [(0, "QUEUED"), (1, "RUNNING"), (2, "ERRORED"), (3, "QUEUED"),
+                     (4, "RUNNING")]]
+    assert run["startTime"] == iso8601(T0)
+    assert run["lastUpdate"] == iso8601(T0 + 4)
+    assert harness.read("get_run_state", run_id) == {
+        "runID": run_id, "state": "RUNNING", "taskCounts": counts()}
+
+
+# -- attempts -----------------------------------------------------------------------------
+
+def test_attempts_are_kept_per_task_in_order(harness):
+    """record_attempt appends Attempt.to_json() to the task's attempts, oldest first."""
+    run_id = new_run(harness, [task("a"), task("b")])
+    first = attempt(T0 + 1, T0 + 2, rc=1, error_log="boom\nline two")
+    second = attempt(T0 + 3, T0 + 4, output_log="ok\n", executor_state={"jobID": "17"})
+    harness.logger.record_attempt(run_id, "a", first)
+    harness.logger.record_attempt(run_id, "a", second)
+    detail = harness.read("get_task", run_id, "a")
+    assert detail["attempts"] == [first.to_json(), second.to_json()]
+    run = harness.read("get_run", run_id)
+    assert run["taskAttempts"] == {"a": [first.to_json(), second.to_json()], "b": []}
+    assert run["lastUpdate"] == iso8601(T0 + 4)
+
+
+def test_get_task_has_the_documented_shape(harness):
+    """get_task answers {runID, name, definition, state, attempts, stateChanges}."""
+    definition = task("a", job={"command": ["/bin/true"], "environment": {"X": "1"}})
+    run_id = new_run(harness, [definition])
+    assert harness.read("get_task", run_id, "a") == {
+        "runID": run_id,
+        "name": "a",
+        "definition": definition.to_json(),
+        "state": "QUEUED",
+        "attempts": [],
+        "stateChanges": [{"time": iso8601(T0), "state": "QUEUED"}],
+    }
+
+
+# -- listing ------------------------------------------------------------------------------
+
+def make_listing_runs(h: Harness) -> None:
+    """Runs 0..4: nightly/RUNNING, nightly/COMPLETED, adhoc/QUEUED, adhoc/ERRORED,
+    nightly/KILLED."""
+    for tag, state in [("nightly", State.RUNNING), ("nightly", State.COMPLETED),
+                       ("adhoc", None), ("adhoc", State.ERRORED), ("nightly", State.KILLED)]:
+        run_id = new_run(h, [task("a")], tag=tag)
+        if state is not None:
+            h.logger.record_run_state(run_id, state, T0 + 10 + run_id)
+
+
+def test_list_runs_hides_finished_runs_unless_all_runs(harness):
+    """list_runs shows unfinished runs by default and every run with all_runs, by runID."""
+    make_listing_runs(harness)
+    assert [r["runID"] for r in harness.read("list_runs")] == [0, 2]
+    assert [r["runID"] for r in harness.read("list_runs", all_runs=True)] == [0, 1, 2, 3, 4]
+
+
+def test_list_runs_filters_by_exact_tag_and_state(harness):
+    """list_runs' tag filter matches tags exactly and its state filter matches the run state."""
+    make_listing_runs(harness)
+    assert [r["runID"] for r in harness.read("list_runs", all_runs=True, tag="nightly")] == [
+        0, 1, 4]
+    assert harness.read("list_runs", all_runs=True, tag="night") == []
+    assert [r["runID"] for r in harness.read("list_runs", tag="adhoc")] == [2]
+    assert [r["runID"] for r in harness.read("list_runs", all_runs=True,
+                                             state=State.ERRORED)] == [3]
+    assert [r["runID"] for r in harness.read("list_runs", all_runs=True, tag="nightly",
+                                             state=State.KILLED)] == [4]
+
+
+def test_list_runs_summaries_have_the_documented_shape(harness):
+    """Each list_runs entry is {runID, tag, state, startTime, lastUpdate, taskCounts}."""
+    run_id = new_run(harness, [task("a"), task("b")], tag=None)
+    harness.logger.record_task_state(run_id, "a", State.RUNNING, T0 + 2)
+    assert harness.read("list_runs") == [{
+        "runID": run_id, "tag": None, "state": "QUEUED", "startTime": iso8601(T0),
+        "lastUpdate": iso8601(T0 + 2), "taskCounts": counts(QUEUED=1, RUNNING=1)}]
+
+
+# -- unknown runs and tasks ---------------------------------------------------------------
+
+@pytest.mark.parametrize("method, args", [
+    ("get_run", ()), ("get_run_state", ()), ("get_task", ("a",)), ("get_task_state", ("a",)),
+])
+def test_reads_of_an_unknown_run_fail_with_unknown_run(harness, method, args):
+    """Every read naming a run that does not exist fails with UnknownRun (a 404)."""
+    new_run(harness, [task("a")])
+    failure = harness.read_failure(method, 7, *args)
+    assert failure.check(UnknownRun)
+    assert failure.value.status == 404
+    assert failure.value.run_id == 7
+
+
+@pytest.mark.parametrize("method", ["get_task", "get_task_state"])
+def test_reads_of_an_unknown_task_fail_with_unknown_task(harness, method):
+    """Task reads naming a task the run does not have fail with UnknownTask (a 404)."""
+    run_id = new_run(harness, [task("a")])
+    failure = harness.read_failure(method, run_id, "nope")
+    assert failure.check(UnknownTask)
+    assert failure.value.status == 404
+    assert failure.value.task_name == "nope"
+
+
+# -- isolation ----------------------------------------------------------------------------
+
+def try_to_mutate(action: Callable[[], Any]) -> None:
+    """Mutate a returned structure; a store may refuse (TypeError) or hand out copies."""
+    try:
+        action()
+    except TypeError:
+        pass
+
+
+def test_changing_read_results_does_not_change_the_store(harness):
+    """Mutating anything a read returned leaves later reads unchanged."""
+    run_id = new_run(harness, [task("a", job={"command": ["x"], "env": {"K": "v"}})],
+                     parameters={"P": ["1"]})
+    harness.logger.record_attempt(run_id, "a", attempt(T0, T0 + 1, executor_state={"k": 1}))
+    original_run = copy.deepcopy(harness.read("get_run", run_id))
+    original_task = copy.deepcopy(harness.read("get_task", run_id, "a"))
+    original_list = copy.deepcopy(harness.read("list_runs"))
+    original_state = copy.deepcopy(harness.read("get_run_state", run_id))
+
+    run = harness.read("get_run", run_id)
+    try_to_mutate(lambda: run["tasks"]["a"]["job"]["command"].append("y"))
+    try_to_mutate(lambda: run["tasks"]["a"]["job"]["env"].update(K="changed"))
+    try_to_mutate(lambda: run["tasks"].pop("a"))
+    try_to_mutate(lambda: run["taskStates"].update(a="KILLED"))
+    try_to_mutate(lambda: run["taskCounts"].update(QUEUED=99))
+    try_to_mutate(lambda: run["parameters"]["P"].append("2"))
+    try_to_mutate(lambda: run["stateChanges"][0].update(state="KILLED"))
+    try_to_mutate(lambda: run["stateChanges"].append({}))
+    try_to_mutate(lambda: run["taskAttempts"]["a"][0]["executorState"].update(k=2))
+    try_to_mutate(lambda: run["taskStateChanges"]["a"].clear())
+    detail = harness.read("get_task", run_id, "a")
+    try_to_mutate(lambda: detail["attempts"].clear())
+    try_to_mutate(lambda: detail["definition"].update(name="b"))
+    try_to_mutate(lambda: detail["stateChanges"][0].update(time="never"))
+    listing = harness.read("list_runs")
+    try_to_mutate(lambda: listing[0]["taskCounts"].update(QUEUED=99))
+    state = harness.read("get_run_state", run_id)
+    try_to_mutate(lambda: state["taskCounts"].update(QUEUED=99))
+
+    assert harness.read("get_run", run_id) == original_run
+    assert harness.read("get_task", run_id, "a") == original_task
+    assert harness.read("list_runs") == original_list
+    assert harness.read("get_run_state", run_id) == original_state
+
+
+def test_runs_are_independent(harness):
+    """Writes to one run never show up in another."""
+    first = new_run(harness, [task("a")])
+    second = new_run(harness, [task("a")])
+    harness.logger.record_task_state(first, "a", State.RUNNING, T0 + 1)
+    harness.logger.record_run_state(first, State.RUNNING, T0 + 1)
+    assert harness.read("get_task_state", second, "a")["state"] == "QUEUED"
+    assert harness.read("get_run_state", second)["state"] == "QUEUED"
+
+
+def test_flush_and_close_fire_and_records_stay_readable_after_close(harness):
+    """flush() and close() fire with None; a closed logger still answers reads."""
+    run_id = new_run(harness, [task("a")])
+    assert harness.result(harness.logger.flush()) is None
+    assert harness.result(harness.logger.close()) is None
+    assert harness.result(harness.logger.get_task_state(run_id, "a"))["state"] == "QUEUED"
+
+
+# -- in-memory write rules ----------------------------------------------------------------
+
+def test_writes_naming_an_unknown_run_raise_unknown_run(in_memory):
+    """Writes to a run that does not exist raise UnknownRun at once (a caller bug)."""
+    with pytest.raises(UnknownRun):
+        in_memory.logger.add_tasks(3, [task("a")], T0)
+    with pytest.raises(UnknownRun):
+        in_memory.logger.record_run_state(3, State.RUNNING, T0)
+    with pytest.raises(UnknownRun):
+        in_memory.logger.record_task_state(3, "a", State.RUNNING, T0)
+    with pytest.raises(UnknownRun):
+        in_memory.logger.record_attempt(3, "a", attempt(T0, T0))
+
+
+def test_writes_naming_an_unknown_task_raise_unknown_task(in_memory):
+    """Task writes naming a task the run does not have raise UnknownTask and change nothing."""
+    run_id = new_run(in_memory, [task("a")])
+    with pytest.raises(UnknownTask):
+        in_memory.logger.record_task_state(run_id, "b", State.RUNNING, T0 + 1)
+    with pytest.raises(UnknownTask):
+        in_memory.logger.record_attempt(run_id, "b", attempt(T0, T0 + 1))
+    assert in_memory.read("get_run_state", run_id)["taskCounts"] == counts(QUEUED=1)
+    assert in_memory.read("list_runs")[0]["lastUpdate"] == iso8601(T0)
+
+
+@pytest.mark.parametrize("batch", [[task("b"), task("a")], [task("b"), task("b")]])
+def test_adding_a_duplicate_task_name_raises_conflict_and_adds_nothing(in_memory, batch):
+    """A batch repeating a task name (of the run or of itself) raises Conflict, storing none."""
+    run_id = new_run(in_memory, [task("a")])
+    with pytest.raises(Conflict):
+        in_memory.logger.add_tasks(run_id, batch, T0 + 1)
+    run = in_memory.read("get_run", run_id)
+    assert list(run["tasks"]) == ["a"]
+    assert run["taskCounts"] == counts(QUEUED=1)
+
+
+def test_add_tasks_accepts_a_one_shot_iterable(in_memory):
+    """add_tasks consumes a generator of TaskDefs exactly once."""
+    run_id = new_run(in_memory)
+    in_memory.logger.add_tasks(run_id, (task(f"t_{i}") for i in range(3)), T0)
+    assert in_memory.read("get_run_state", run_id)["taskCounts"] == counts(QUEUED=3)
+
+
+def test_memory_store_helpers_report_known_runs():
+    """run_ids() lists runs in creation order and has_run() tells known from unknown IDs."""
+    store = MemoryStore()
+    store.create_run(None, {}, T0)
+    store.create_run(None, {}, T0)
+    assert store.run_ids() == [0, 1]
+    assert store.has_run(1) and not store.has_run(2) and not store.has_run("1")
+
+
+def test_shared_documents_copy_into_plain_mutable_values():
+    """copy.deepcopy of a read result gives plain dicts/lists that can be changed freely."""
+    store = MemoryStore()
+    store.create_run(None, {"P": ["1"]}, T0)
+    store.add_tasks(0, [task("a")], T0)
+    results: list[Any] = []
+    store.get_run(0).addCallback(results.append)
+    run = copy.deepcopy(results[0])
+    run["tasks"]["a"]["job"]["command"].append("more")
+    run["parameters"]["P"].append("2")
+    assert type(run["tasks"]["a"]) is dict and type(run["parameters"]["P"]) is list
