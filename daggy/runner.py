@@ -234,7 +234,7 @@ class RunManager:
         else:
             try:
                 return parse_generated_tasks(doc, self._executor, run.parameters, task,
-                                             set(run.engine.names()), self._max_tasks)
+                                             run.engine, self._max_tasks)
             except SpecInvalid as error:
                 problem = "generator output rejected: " + "; ".join(error.errors)
         attempt.succeeded = False
