@@ -68,3 +68,20 @@ class Unavailable(DaggyError):
     """A collaborator (for example the state store) cannot answer right now."""
 
     status = 503
+
+
+def json_type_name(value) -> str:
+    """How an error message names the JSON type of ``value`` ("an array", "null", ...)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return type(value).__name__

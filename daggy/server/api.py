@@ -27,7 +27,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
-from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun
+from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun, json_type_name
 from daggy.model import State
 from daggy.server._json import json_body
 from daggy.server._site import IDLE_TIMEOUT_SECONDS, DaggySite, make_site
@@ -97,20 +97,8 @@ def _parse_spec_body(request: IRequest) -> dict[str, Any]:
     doc = _parse_json_body(request)
     if not isinstance(doc, dict):
         raise BadRequest(
-            f"body: expected a JSON object (a DAG spec), got {_json_type_name(doc)}")
+            f"body: expected a JSON object (a DAG spec), got {json_type_name(doc)}")
     return doc
-
-
-def _json_type_name(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    return "a number"
 
 
 def _parse_run_id(text: str) -> int:

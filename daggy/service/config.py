@@ -15,6 +15,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from daggy.errors import json_type_name
+
 from daggy.service.registry import (
     DEFAULT_REGISTRY,
     MiB,
@@ -139,7 +141,7 @@ def validate_config(
     if document is None:
         document = {}
     if not isinstance(document, dict):
-        raise ConfigError(source, [f"must be an object of settings (got {_json_type(document)})"])
+        raise ConfigError(source, [f"must be an object of settings (got {json_type_name(document)})"])
 
     problems: list[str] = []
     values = {key: setting.default for key, setting in _SCALAR_SETTINGS.items()}
@@ -224,18 +226,6 @@ def _choose_component(
         else:
             values[key] = value
     return ComponentChoice(name, values)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return type(value).__name__
 
 
 # -- parsing ---------------------------------------------------------------------------------
