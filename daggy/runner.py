@@ -327,6 +327,10 @@ class RunManager:
             raise BadRequest(f"state: a task can be set to QUEUED, COMPLETED or KILLED, "
                              f"not {state}")
         if run.active:
+            if run.state in FINISHED_STATES and not engine.killed:
+                # Re-queuing a task lifted the kill of a run whose killed tasks are still
+                # stopping: it runs again, so it must not keep reporting KILLED.
+                self._set_run_state(run, State.RUNNING)
             self._after_change(run)
         elif run in self._waiting:
             pass

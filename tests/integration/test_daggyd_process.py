@@ -2,113 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from daemon_harness import (
+    REPO,
+    STOP_SECONDS,
+    alive,
+    answers,
+    daggyd,
+    events,
+    free_port,
+    request,
+    twistd,
+    wait_until,
+    write_config,
+)
+
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-DAGGYD = Path(sys.executable).parent / "daggyd"
-START_SECONDS = 20
-STOP_SECONDS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(predicate, what: str, seconds: float = START_SECONDS):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
-
-
-def request(port: int, method: str, path: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    call = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    with urllib.request.urlopen(call, timeout=5) as response:
-        return json.loads(response.read() or b"null")
-
-
-def answers(port: int) -> bool:
-    try:
-        return request(port, "GET", "/ready") is not None
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def write_config(directory: Path, port: int, executor="NoopTaskExecutor", **extra) -> Path:
-    path = directory / "daggyd.json"
-    path.write_text(json.dumps({"port": port, "executor": {"name": executor}, **extra}))
-    return path
-
-
-class Process:
-    """A child process with stdout/stderr in files (no pipe can fill up and stall it)."""
-
-    def __init__(self, argv: list[str], directory: Path, env: dict | None = None):
-        self.out_path = directory / "stdout.txt"
-        self.err_path = directory / "stderr.txt"
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, **(env or {})},
-            )
-
-    def wait(self, seconds: float = STOP_SECONDS) -> int:
-        return self.popen.wait(timeout=seconds)
-
-    @property
-    def out(self) -> str:
-        return self.out_path.read_text()
-
-    @property
-    def err(self) -> str:
-        return self.err_path.read_text()
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-
-@pytest.fixture
-def processes():
-    started: list[Process] = []
-
-    def start(argv, directory, env=None) -> Process:
-        started.append(Process(argv, directory, env))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.kill()
-
-
-def daggyd(*arguments: str) -> list[str]:
-    assert DAGGYD.exists(), f"{DAGGYD} is missing; install daggy (pip install -e '.[test]')"
-    return [str(DAGGYD), *arguments]
-
-
-def events(stdout: str) -> list[dict]:
-    """Every stdout line is one JSON event."""
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 def test_foreground_runs_a_dag_and_exits_0_on_sigterm(tmp_path, processes):
@@ -186,15 +100,6 @@ def test_port_in_use_is_one_line_and_status_1(tmp_path, processes):
     assert "Traceback" not in daemon.err
 
 
-def alive(pid: int) -> bool:
-    """Whether pid is a running (not zombie) process; the daemon is not our child."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_daemon_mode_writes_pid_and_log_files_and_stops_on_sigterm(tmp_path, processes):
     """`daggyd -d` detaches once listening, writes ./daggyd.pid and ./daggyd.log, and on
     SIGTERM stops, removing the pid file."""
@@ -226,9 +131,8 @@ def test_twistd_daggyd_plugin_serves_and_stops(tmp_path, processes):
     SIGTERM; twistd, unlike daggyd, then re-raises the signal as its exit status."""
     port = free_port()
     daemon = processes(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-         "-n", "--pidfile", "", "--logfile", "twistd.log",
-         "daggyd", "--config", str(write_config(tmp_path, port))],
+        twistd("-n", "--pidfile", "", "--logfile", "twistd.log",
+               "daggyd", "--config", str(write_config(tmp_path, port))),
         tmp_path,
         env={"PYTHONPATH": str(REPO)},
     )
