@@ -37,6 +37,12 @@ def iso8601(seconds: float | None) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_iso8601(text: str) -> float:
+    """The inverse of :func:`iso8601`."""
+    stamp = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
 @dataclass
 class TaskDef:
     """One executable task of a run, after parameter expansion.

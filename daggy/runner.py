@@ -12,6 +12,7 @@ chain ends in an errback that logs the failure and records the run as ERRORED.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import deque
 from typing import Any
@@ -22,11 +23,33 @@ from twisted.python.failure import Failure
 
 from daggy.dag import DagEngine, Outcome
 from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
-from daggy.model import FINISHED_STATES, Attempt, State, TaskDef
+from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, parse_iso8601
 from daggy.spec import parse_generated_tasks, parse_run_spec
 from daggy.spec.parse import DEFAULT_MAX_TASKS
 
 SHUTDOWN_REASON = "daemon shutting down"
+
+
+def retries_used(history) -> int:
+    """How many retries a task has used, from its recorded state changes: RETRY entries
+    since an operator last queued it again (resume or task PATCH from a finished state)."""
+    used, previous = 0, None
+    for change in history:
+        state = change["state"]
+        if state == State.RETRY:
+            used += 1
+        elif state == State.QUEUED and previous in FINISHED_STATES:
+            used = 0
+        previous = State(state)
+    return used
+
+
+def last_change(history, state: State, default: float) -> float:
+    """When ``history`` last entered ``state`` (POSIX seconds), or ``default``."""
+    for change in reversed(history):
+        if change["state"] == state:
+            return parse_iso8601(change["time"])
+    return default
 
 
 class _Run:
@@ -86,6 +109,13 @@ class RunManager:
         self._runs[run_id] = run
         run.done.addErrback(self._log_run_failure, run)
         self._enqueue(run)
+        try:
+            # Answer with the ID only once the run is stored, so a daemon killed right after
+            # cannot forget a run its client was told about.
+            await self._logger.flush()
+        except Unavailable as error:
+            self.log.warn("run {run_id} is accepted and running but not stored yet: {error}",
+                          run_id=run_id, error=error.message)
         return run_id
 
     def _state_recorder(self, run_id: int):
@@ -174,17 +204,32 @@ class RunManager:
 
     def _start(self, run: _Run, task: TaskDef) -> None:
         run.engine.mark_running(task.name)
-        self._in_flight += 1
         try:
             execution = self._executor.start(run.run_id, task.name, task.job)
         except Exception:
             failure = Failure()
             self.log.failure("executor failed to start {task} of run {run_id}", failure,
                              task=task.name, run_id=run.run_id)
-            result = defer.succeed(self._internal_attempt(failure))
+            self._in_flight += 1
+            self._watch(run, task, defer.succeed(self._internal_attempt(failure)))
         else:
-            run.executions[task.name] = execution
-            result = execution.result
+            self._track(run, task, execution)
+
+    def _track(self, run: _Run, task: TaskDef, execution) -> None:
+        """Follow a started (or re-attached) attempt until its result is recorded."""
+        self._in_flight += 1
+        run.executions[task.name] = execution
+        started = getattr(execution, "started", None)
+        if started is not None:
+            started.addCallback(self._record_executor_state, run, task.name)
+            started.addErrback(self.log.failure, "recording the executor state of {task} "
+                               "failed", task=task.name)
+        self._watch(run, task, execution.result)
+
+    def _record_executor_state(self, state: dict, run: _Run, name: str) -> None:
+        self._logger.record_executor_state(run.run_id, name, state, self._reactor.seconds())
+
+    def _watch(self, run: _Run, task: TaskDef, result: defer.Deferred) -> None:
         result.addErrback(self._executor_bug, run, task)
         result.addCallback(self._attempt_ended, run, task)
         result.addErrback(self._internal_error, run)
@@ -263,6 +308,70 @@ class RunManager:
 
     def _log_run_failure(self, failure: Failure, run: _Run) -> None:
         self.log.failure("run {run_id} failed", failure, run_id=run.run_id)
+
+    # -- restart recovery ----------------------------------------------------------------
+    def recover(self) -> defer.Deferred:
+        """Resume every run the logger has as unfinished (after a daemon restart).
+
+        COMPLETED tasks stay; a RUNNING task is offered to the executor to re-attach, and
+        otherwise its attempt is closed as interrupted and the task queued again without
+        using a retry; RETRY timers are re-armed for what is left of their interval.
+        Fires with the recovered run IDs."""
+        return defer.Deferred.fromCoroutine(self._recover())
+
+    async def _recover(self) -> list[int]:
+        recovered = []
+        for doc in await self._logger.load_unfinished_runs():
+            if doc["runID"] in self._runs:
+                continue
+            try:
+                self._restore(doc)
+            except Exception:
+                self.log.failure("could not recover run {run_id}", run_id=doc["runID"])
+                self._logger.record_run_state(doc["runID"], State.ERRORED,
+                                              self._reactor.seconds())
+            else:
+                recovered.append(doc["runID"])
+        if recovered:
+            self.log.info("recovered {count} unfinished runs: {run_ids}",
+                          count=len(recovered), run_ids=recovered)
+        return recovered
+
+    def _restore(self, doc: dict) -> None:
+        run = _Run(doc["runID"], doc.get("tag"), doc.get("parameters") or {})
+        run.state = State(doc["state"])
+        tasks = [TaskDef.from_json(copy.deepcopy(task)) for task in doc["tasks"].values()]
+        states = {name: State(state) for name, state in doc["taskStates"].items()}
+        histories = doc.get("taskStateChanges", {})
+        run.engine = DagEngine(on_state=self._state_recorder(run.run_id))
+        run.engine.restore(tasks, states, {name: retries_used(histories.get(name, ()))
+                                           for name in states})
+        self._runs[run.run_id] = run
+        run.done.addErrback(self._log_run_failure, run)
+        now = self._reactor.seconds()
+        executor_states = doc.get("taskExecutorStates", {})
+        for name, state in states.items():
+            if state is State.RUNNING:
+                task = run.engine.task(name)
+                execution = self._executor.reattach(run.run_id, name, task.job,
+                                                    dict(executor_states.get(name) or {}))
+                if execution is not None:
+                    self._track(run, task, execution)
+                    continue
+                since = last_change(histories.get(name, ()), State.RUNNING, default=now)
+                self._logger.record_attempt(run.run_id, name, Attempt(
+                    start_time=since, stop_time=now, rc=None, succeeded=False,
+                    executor_log="daggyd restarted while this attempt was running; its "
+                                 "outcome is unknown, so the task runs again (this does not "
+                                 "use one of its retries)"))
+                run.engine.requeue_interrupted(name)
+            elif state is State.RETRY:
+                task = run.engine.task(name)
+                since = last_change(histories.get(name, ()), State.RETRY, default=now)
+                delay = max(0.0, since + task.retry_interval_seconds - now)
+                run.retry_timers[name] = self._reactor.callLater(delay, self._retry_due, run,
+                                                                 name)
+        self._enqueue(run)
 
     # -- operator actions ----------------------------------------------------------------
     def _get(self, run_id: int) -> _Run:
@@ -362,4 +471,8 @@ class RunManager:
             await drained
         else:
             await self._executor.stop()
-        await self._logger.flush()
+        try:
+            await self._logger.flush()
+        except Unavailable as error:
+            self.log.warn("not every record could be stored before stopping: {error}",
+                          error=error.message)

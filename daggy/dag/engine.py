@@ -75,6 +75,28 @@ class DagEngine:
             if self._state[child] is not _BARRIER:
                 self._update_ready(child)
 
+    def _add_group_nodes(self, instances: list[TaskDef]) -> tuple[list[int], int]:
+        """Nodes for a group's instances; returns (entry nodes, the node that completes when
+        every instance has)."""
+        nodes = [self._add_node(task) for task in instances]
+        if len(nodes) == 1:
+            return nodes, nodes[0]
+        barrier = self._add_node(None)
+        for node in nodes:
+            self._add_edge(node, barrier)
+        return nodes, barrier
+
+    def _connect(self, sources: list[int], targets: list[int]) -> None:
+        """Every target waits for every source, in len(sources) + len(targets) edges."""
+        if len(sources) > 1 and len(targets) > 1:
+            join = self._add_node(None)
+            for source in sources:
+                self._add_edge(source, join)
+            sources = [join]
+        for source in sources:
+            for target in targets:
+                self._add_edge(source, target)
+
     def add_groups(self, groups: Iterable, after: str | None = None) -> None:
         """Add task groups (``TaskGroup``: defined name, instances, parents, children).
 
@@ -87,29 +109,11 @@ class DagEngine:
         entry: dict[str, list[int]] = {}
         exit_: dict[str, int] = {}
         for group in groups:
-            nodes = [self._add_node(task) for task in group.instances]
-            if len(nodes) == 1:
-                entry[group.defined_name] = nodes
-                exit_[group.defined_name] = nodes[0]
-            else:
-                barrier = self._add_node(None)
-                for node in nodes:
-                    self._add_edge(node, barrier)
-                exit_[group.defined_name] = barrier
-                entry[group.defined_name] = nodes
+            entry[group.defined_name], exit_[group.defined_name] = \
+                self._add_group_nodes(group.instances)
         for group in groups:
-            parents = [name for name in group.parents if name in exit_]
-            targets = entry[group.defined_name]
-            if len(parents) > 1 and len(targets) > 1:
-                join = self._add_node(None)
-                for parent in parents:
-                    self._add_edge(exit_[parent], join)
-                parent_exits = [join]
-            else:
-                parent_exits = [exit_[parent] for parent in parents]
-            for parent_exit in parent_exits:
-                for node in targets:
-                    self._add_edge(parent_exit, node)
+            sources = [exit_[name] for name in group.parents if name in exit_]
+            self._connect(sources, entry[group.defined_name])
         if after is not None:
             generator = self._index[after]
             waiting = list(self._successors[generator])
@@ -117,13 +121,47 @@ class DagEngine:
                 for node in entry[group.defined_name]:
                     self._add_edge(generator, node)
             if waiting and groups:
-                done = self._add_node(None)
-                for group in groups:
-                    self._add_edge(exit_[group.defined_name], done)
-                for node in waiting:
-                    self._add_edge(done, node)
+                self._connect([exit_[group.defined_name] for group in groups], waiting)
         for group in groups:
             for node in entry[group.defined_name]:
+                self._update_ready(node)
+
+    def restore(self, tasks: Iterable[TaskDef], states: dict[str, State],
+                retries_used: dict[str, int]) -> None:
+        """Rebuild a recorded run (restart recovery) into this empty engine, silently.
+
+        The structure comes from the task records alone: tasks sharing a ``definedName`` form
+        a group; a name in ``parents``/``children`` is a defined task of the run (meaning all
+        its instances) or, for generated tasks, the generator instance itself.
+        """
+        groups: dict[str, list[TaskDef]] = {}
+        for task in tasks:
+            groups.setdefault(task.defined_name, []).append(task)
+        entry: dict[str, list[int]] = {}
+        exit_: dict[str, int] = {}
+        for defined, instances in groups.items():
+            entry[defined], exit_[defined] = self._add_group_nodes(instances)
+        sources: dict[str, dict[int, None]] = {defined: {} for defined in groups}
+        for defined, instances in groups.items():
+            for parent in instances[0].parents:
+                source = exit_.get(parent, self._index.get(parent))
+                if source is not None:
+                    sources[defined][source] = None
+            for child in instances[0].children:
+                if child in groups:
+                    sources[child][exit_[defined]] = None
+        for defined, from_nodes in sources.items():
+            self._connect(list(from_nodes), entry[defined])
+        on_state, self._on_state = self._on_state, lambda name, state: None
+        try:
+            for name, state in states.items():
+                node = self._node(name)
+                self._retries_used[node] = retries_used.get(name, 0)
+                self._set(node, State(state))
+        finally:
+            self._on_state = on_state
+        for nodes in entry.values():
+            for node in nodes:
                 self._update_ready(node)
 
     # -- queries -------------------------------------------------------------------------

@@ -224,6 +224,12 @@ class ForkingTaskExecutor:
             self._running.add(execution)
         return execution
 
+    def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
+                 executor_state: dict[str, Any]) -> None:
+        """A forked task does not survive as something daggyd can watch again: its pipes
+        died with the old daemon.  The runner closes the attempt and runs the task again."""
+        return None
+
     def stop(self) -> Deferred[None]:
         """Kill every running attempt (reason ``daemon shutting down``) and refuse new ones.
 

@@ -25,6 +25,10 @@ class Execution(Protocol):
         """Stop the attempt; ``result`` then fires with ``killed=True`` and ``reason`` in
         ``executorLog``.  Killing a finished attempt does nothing."""
 
+    # Optional: ``started``, a Deferred firing with the executor state (a JSON object, e.g.
+    # a Slurm job id) that :meth:`TaskExecutor.reattach` needs to find this attempt again
+    # after a daemon restart.  The runner records it through the logger.
+
 
 class TaskExecutor(Protocol):
     #: Most attempts this executor runs at once; ``None`` means no limit of its own.
@@ -38,6 +42,13 @@ class TaskExecutor(Protocol):
 
     def start(self, run_id: int, task_name: str, job: dict[str, Any]) -> Execution:
         """Start one attempt of an (already validated and expanded) job now."""
+
+    def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
+                 executor_state: dict[str, Any]) -> Execution | None:
+        """After a daemon restart, find an attempt that was running when the daemon died
+        (``executor_state`` is what its ``started`` Deferred recorded, or ``{}``).  Return an
+        Execution watching it (its result may even be known already), or None when the
+        attempt cannot be found again: the runner then closes it and runs the task again."""
 
     def stop(self) -> Any:
         """Kill every running attempt (their results fire with ``killed=True``).

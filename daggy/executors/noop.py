@@ -36,6 +36,11 @@ class NoopTaskExecutor:
             Attempt(start_time=now, stop_time=now, rc=0, succeeded=True, executor_log="noop")
         )
 
+    def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
+                 executor_state: dict[str, Any]) -> None:
+        """Nothing ever runs, so there is nothing to find again."""
+        return None
+
     def stop(self) -> Deferred[None]:
         """Nothing ever runs, so stopping is immediate."""
         return succeed(None)

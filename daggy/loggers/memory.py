@@ -8,7 +8,7 @@ Cost model (a run of 100,000 tasks is normal input):
 
 * every write is O(1) in the number of tasks of the run (``add_tasks`` is O(tasks added));
 * ``get_run_state``, ``get_task``, ``get_task_state`` are O(1) in the number of tasks, and
-  ``list_runs`` is O(runs);
+  ``list_runs`` is O(runs); ``load_unfinished_runs`` is O(tasks of the unfinished runs);
 * ``get_run`` is O(tasks) (it answers with every task), but it builds only fresh outer
   containers: the per-task documents it shares are read-only (see :func:`freeze`), so no
   read can corrupt the store and no read deep-copies 100,000 definitions.
@@ -114,11 +114,13 @@ def _zero_counts() -> dict[str, int]:
 
 
 class _RunRecord:
-    """Everything known about one run.  Task dicts are keyed by task name."""
+    """Everything known about one run.  Task dicts are keyed by task name; ``tasks`` is in
+    the order the tasks were added, and so is every answer listing them."""
 
     __slots__ = (
         "run_id", "tag", "parameters", "state", "start_time", "last_update", "state_changes",
         "task_counts", "tasks", "task_states", "task_attempts", "task_state_changes",
+        "task_executor_states",
     )
 
     def __init__(self, run_id: int, tag: str | None, parameters: Any,
@@ -135,6 +137,8 @@ class _RunRecord:
         self.task_states: dict[str, str] = {}
         self.task_attempts: dict[str, list[ReadOnlyDict]] = {}
         self.task_state_changes: dict[str, list[ReadOnlyDict]] = {}
+        # Only tasks whose executor reported a state have an entry.
+        self.task_executor_states: dict[str, ReadOnlyDict] = {}
 
     def touch(self, now: float) -> None:
         # Events are recorded in call order, but an attempt carries the executor's stop time;
@@ -151,6 +155,56 @@ class _RunRecord:
             "lastUpdate": iso8601(self.last_update),
             "taskCounts": dict(self.task_counts),
         }
+
+    def document(self) -> dict[str, Any]:
+        """The ``get_run`` answer: fresh outer containers around the shared read-only
+        documents.  O(tasks)."""
+        document = self.summary()
+        executor_states = self.task_executor_states
+        document.update(
+            parameters=self.parameters,
+            stateChanges=list(self.state_changes),
+            tasks=dict(self.tasks),
+            taskStates=dict(self.task_states),
+            taskAttempts={name: list(attempts) for name, attempts in self.task_attempts.items()},
+            taskStateChanges={name: list(changes)
+                              for name, changes in self.task_state_changes.items()},
+            # In task order (not the order the states were reported), so the answer does not
+            # depend on how the record was built.
+            taskExecutorStates={name: executor_states[name] for name in self.tasks
+                                if name in executor_states} if executor_states else {},
+        )
+        return document
+
+
+def restored_record(run_id: int, tag: str | None, parameters: Any, state: State,
+                    start_time: float, last_update: float, state_changes: list[Any],
+                    tasks: Iterable[tuple[str, Any]], task_states: dict[str, str],
+                    task_state_changes: dict[str, Any], task_attempts: dict[str, Any],
+                    task_executor_states: dict[str, Any]) -> _RunRecord:
+    """A run record rebuilt from a durable store (see :meth:`MemoryStore._adopt_run`).
+
+    ``tasks`` are ``(name, definition)`` pairs in the order they were added.  A task with no
+    recorded state is QUEUED; ``taskCounts`` are counted from the task states, so they always
+    agree with them.  Values are frozen here (already frozen ones are kept as they are).
+    """
+    record = _RunRecord(run_id, tag, parameters, ReadOnlyDict(), start_time)
+    record.state = State(state)
+    record.last_update = last_update
+    record.state_changes = [freeze(change) for change in state_changes]
+    counts = record.task_counts
+    for name, definition in tasks:
+        record.tasks[name] = freeze(definition)
+        task_state = State(task_states.get(name, State.QUEUED)).value
+        record.task_states[name] = task_state
+        counts[task_state] += 1
+        # The lists grow with later records; their entries are shared read-only documents.
+        record.task_state_changes[name] = list(freeze(task_state_changes.get(name, [])))
+        record.task_attempts[name] = list(freeze(task_attempts.get(name, [])))
+        executor_state = task_executor_states.get(name)
+        if executor_state is not None:
+            record.task_executor_states[name] = freeze(executor_state)
+    return record
 
 
 class MemoryStore:
@@ -193,25 +247,37 @@ class MemoryStore:
         except (KeyError, TypeError):
             raise UnknownRun(run_id) from None
 
-    def _state_change(self, now: float, state: State) -> ReadOnlyDict:
+    def _time_text(self, now: float) -> str:
         last_now, last_text = self._last_time
         if now != last_now:
             last_text = iso8601(now)
             self._last_time = (now, last_text)
-        return ReadOnlyDict(time=last_text, state=State(state).value)
+        return last_text
+
+    def _state_change(self, now: float, state: State) -> ReadOnlyDict:
+        return ReadOnlyDict(time=self._time_text(now), state=State(state).value)
 
     @staticmethod
     def _check_task(record: _RunRecord, task_name: str) -> None:
         if task_name not in record.task_states:
             raise UnknownTask(record.run_id, task_name)
 
+    def _adopt_run(self, record: _RunRecord) -> None:
+        """Hold a run read back from a durable store (it keeps its run ID)."""
+        self._runs[record.run_id] = record
+        self._next_run_id = max(self._next_run_id, record.run_id + 1)
+
     # -- writes (synchronous cores; they return what they stored) ------------------------
     def _create_run(self, tag: str | None, parameters: dict[str, list[str]],
-                    now: float) -> _RunRecord:
-        record = _RunRecord(self._next_run_id, tag, parameters,
-                            self._state_change(now, State.QUEUED), now)
-        self._runs[record.run_id] = record
-        self._next_run_id += 1
+                    now: float, run_id: int | None = None) -> _RunRecord:
+        """Record a new QUEUED run, under ``run_id`` when a store allocated it elsewhere."""
+        if run_id is None:
+            run_id = self._next_run_id
+        elif run_id in self._runs:
+            raise Conflict(f"run {run_id} already exists")
+        record = _RunRecord(run_id, tag, parameters, self._state_change(now, State.QUEUED), now)
+        self._runs[run_id] = record
+        self._next_run_id = max(self._next_run_id, run_id + 1)
         return record
 
     def _add_tasks(self, run_id: int, tasks: Iterable[TaskDef],
@@ -266,6 +332,15 @@ class MemoryStore:
         record.touch(attempt.stop_time)
         return stored
 
+    def _record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
+                               now: float) -> ReadOnlyDict:
+        record = self._run(run_id)
+        self._check_task(record, task_name)
+        stored = freeze(dict(state))
+        record.task_executor_states[task_name] = stored
+        record.touch(now)
+        return stored
+
     # -- writes (RunLogger) --------------------------------------------------------------
     def create_run(self, tag: str | None, parameters: dict[str, list[str]],
                    now: float) -> Deferred[int]:
@@ -286,6 +361,31 @@ class MemoryStore:
 
     def record_attempt(self, run_id: int, task_name: str, attempt: Attempt) -> None:
         self._record_attempt(run_id, task_name, attempt)
+
+    def record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
+                              now: float) -> None:
+        """Keep what the executor needs to find the task's running attempt again (replacing
+        what an earlier attempt reported)."""
+        self._record_executor_state(run_id, task_name, state, now)
+
+    def start(self) -> None:
+        """Nothing to connect to: the store is ready from the start."""
+
+    def when_ready(self) -> Deferred[None]:
+        """An already-fired Deferred: memory is always ready."""
+        return defer.succeed(None)
+
+    def status(self) -> tuple[bool, str]:
+        """Always ``(True, "")``."""
+        return True, ""
+
+    def load_unfinished_runs(self) -> Deferred[list[dict[str, Any]]]:
+        """Every run that is not finished, as ``get_run`` documents, by run ID.
+
+        :returns: an already-fired Deferred; O(tasks of those runs).
+        """
+        return defer.succeed([record.document() for record in self._runs.values()
+                              if record.state not in FINISHED_STATES])
 
     def flush(self) -> Deferred[None]:
         """Everything is stored as soon as it is written: an already-fired Deferred."""
@@ -318,7 +418,7 @@ class MemoryStore:
 
     def get_run(self, run_id: int) -> Deferred[dict[str, Any]]:
         """The whole run: summary fields plus ``parameters``, ``stateChanges``, ``tasks``,
-        ``taskStates``, ``taskAttempts``, ``taskStateChanges``.
+        ``taskStates``, ``taskAttempts``, ``taskStateChanges``, ``taskExecutorStates``.
 
         :returns: a Deferred that has fired with the document, or failed with
             :class:`~daggy.errors.UnknownRun`.
@@ -327,18 +427,7 @@ class MemoryStore:
             record = self._run(run_id)
         except UnknownRun:
             return defer.fail()
-        document = record.summary()
-        document.update(
-            parameters=record.parameters,
-            stateChanges=list(record.state_changes),
-            tasks=dict(record.tasks),
-            taskStates=dict(record.task_states),
-            taskAttempts={name: list(attempts)
-                          for name, attempts in record.task_attempts.items()},
-            taskStateChanges={name: list(changes)
-                              for name, changes in record.task_state_changes.items()},
-        )
-        return defer.succeed(document)
+        return defer.succeed(record.document())
 
     def get_run_state(self, run_id: int) -> Deferred[dict[str, Any]]:
         """``{runID, state, taskCounts}``; fails with :class:`~daggy.errors.UnknownRun`."""
@@ -350,7 +439,8 @@ class MemoryStore:
                               "taskCounts": dict(record.task_counts)})
 
     def get_task(self, run_id: int, task_name: str) -> Deferred[dict[str, Any]]:
-        """``{runID, name, definition, state, attempts, stateChanges}``; fails with
+        """``{runID, name, definition, state, attempts, stateChanges, executorState}``
+        (``executorState`` is ``None`` until the executor reports one); fails with
         :class:`~daggy.errors.UnknownRun` or :class:`~daggy.errors.UnknownTask`."""
         try:
             record = self._run(run_id)
@@ -364,6 +454,7 @@ class MemoryStore:
             "state": record.task_states[task_name],
             "attempts": list(record.task_attempts[task_name]),
             "stateChanges": list(record.task_state_changes[task_name]),
+            "executorState": record.task_executor_states.get(task_name),
         })
 
     def get_task_state(self, run_id: int, task_name: str) -> Deferred[dict[str, Any]]:

@@ -327,6 +327,13 @@ class OStreamLogger(MemoryStore):
         self._emit({"time": stored["stopTime"], "event": "taskAttempt",
                     "runID": run_id, "task": task_name, "attempt": stored})
 
+    def record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
+                              now: float) -> None:
+        stored = self._record_executor_state(run_id, task_name, state, now)
+        self._emit({"time": self._time_text(now),
+                    "event": "taskExecutorState", "runID": run_id, "task": task_name,
+                    "executorState": stored})
+
     def flush(self) -> Deferred[None]:
         """Write every buffered line now.
 

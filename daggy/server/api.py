@@ -229,6 +229,10 @@ class DaggyAPI:
 
     @app.route("/ready", methods=["GET"])
     def ready(self, request: IRequest) -> bytes:
+        # 503 while the logger cannot serve (a RedisLogger without Redis), with its reason.
+        ready, reason = self._logger.status()
+        if not ready:
+            return json_body(request, {"msg": "daggyd is not ready", "error": reason}, 503)
         return json_body(request, {"msg": "Ya like DAGs?"})
 
     # Both spellings are registered: with only one, werkzeug answers a wrong verb on the other

@@ -6,19 +6,10 @@ Each entry maps a name (``"ForkingTaskExecutor"``) to the keys its ``config`` ob
 import their implementation lazily, so loading this module (and validating a config file)
 pulls in neither Twisted's reactor nor any backend library.
 
-Adding a backend takes a factory and one entry, for example::
-
-    def _build_redis_logger(reactor, config):
-        from daggy.loggers.redis import RedisLogger
-        return RedisLogger(reactor, host=config["host"], port=config["port"],
-                           prefix=config["prefix"])
-
-    LOGGERS["RedisLogger"] = Component(
-        settings={"host": Setting("localhost", non_empty_string),
-                  "port": Setting(6379, port_number),
-                  "prefix": Setting("daggy", non_empty_string)},
-        build=_build_redis_logger,
-    )
+Adding a backend takes a factory and one entry (see ``_build_redis_logger`` and the
+``RedisLogger`` entry of ``LOGGERS``).  A factory may raise ``OSError`` or ``ValueError`` for
+a config that cannot work (a file that cannot be read, contradicting keys); the daemon
+reports it as a config error.
 """
 
 from __future__ import annotations
@@ -69,6 +60,39 @@ def non_empty_string(value: Any) -> str | None:
     if isinstance(value, str) and value:
         return None
     return f"must be a non-empty string (got {shown(value)})"
+
+
+def optional_non_empty_string(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return None
+    return f"must be a non-empty string or null (got {shown(value)})"
+
+
+def non_negative_integer(value: Any) -> str | None:
+    if _is_integer(value) and value >= 0:
+        return None
+    return f"must be an integer >= 0 (got {shown(value)})"
+
+
+def bounded_integer(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        if _is_integer(value) and low <= value <= high:
+            return None
+        return f"must be an integer from {low} to {high} (got {shown(value)})"
+
+    return check
+
+
+def bounded_number(high: float) -> Check:
+    """A number > 0 and <= ``high``."""
+
+    def check(value: Any) -> str | None:
+        if ((_is_integer(value) or isinstance(value, float)) and math.isfinite(value)
+                and 0 < value <= high):
+            return None
+        return f"must be a number > 0 and <= {high:g} (got {shown(value)})"
+
+    return check
 
 
 def listen_address(value: Any) -> str | None:
@@ -128,6 +152,29 @@ def _build_ostream_logger(reactor: Any, config: Mapping[str, Any]) -> Any:
     return OStreamLogger(reactor, file=config["file"])
 
 
+def _build_redis_logger(reactor: Any, config: Mapping[str, Any]) -> Any:
+    # Imported here: daggy.loggers.redis builds a txredisapi connector, and txredisapi
+    # installs the global reactor when imported.
+    from daggy.loggers.redis import RedisLogger, read_password_file
+
+    password = config["password"]
+    if config["passwordFile"] is not None:
+        if password is not None:
+            raise ValueError("password and passwordFile are both given; give one of them")
+        password = read_password_file(config["passwordFile"])
+    return RedisLogger(
+        reactor,
+        prefix=config["prefix"],
+        host=config["host"],
+        port=config["port"],
+        password=password,
+        db=config["db"],
+        unix_socket=config["unixSocket"],
+        flush_interval=float(config["flushIntervalSeconds"]),
+        max_stored_output_bytes=config["maxStoredOutputBytes"],
+    )
+
+
 EXECUTORS: dict[str, Component] = {
     "ForkingTaskExecutor": Component(
         settings={
@@ -144,6 +191,20 @@ LOGGERS: dict[str, Component] = {
     "OStreamLogger": Component(
         settings={"file": Setting("-", non_empty_string)},
         build=_build_ostream_logger,
+    ),
+    "RedisLogger": Component(
+        settings={
+            "prefix": Setting("daggy", non_empty_string),
+            "host": Setting("localhost", non_empty_string),
+            "port": Setting(6379, port_number),
+            "password": Setting(None, optional_non_empty_string),
+            "passwordFile": Setting(None, optional_non_empty_string),
+            "db": Setting(0, non_negative_integer),
+            "unixSocket": Setting(None, optional_non_empty_string),
+            "flushIntervalSeconds": Setting(0.05, bounded_number(60)),
+            "maxStoredOutputBytes": Setting(1 * MiB, bounded_integer(1, 64 * MiB)),
+        },
+        build=_build_redis_logger,
     ),
 }
 

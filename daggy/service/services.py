@@ -50,13 +50,19 @@ class DaggyService(MultiService):
 
 
 class LoggerService(Service):
-    """Owns the run logger: closes (flushes and releases) it when the daemon stops."""
+    """Owns the run logger: starts it (a RedisLogger begins connecting, and retries until
+    Redis answers, without holding up the daemon) and closes (flushes and releases) it when
+    the daemon stops."""
 
     name = "logger"
     log = Logger()
 
     def __init__(self, logger: Any):
         self.logger = logger
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.logger.start()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -68,14 +74,27 @@ class LoggerService(Service):
 
 
 class RunnerService(Service):
-    """Owns the RunManager: stops it (no new runs, running tasks killed and recorded, logger
-    flushed) when the daemon stops."""
+    """Owns the RunManager: once the logger is ready, resumes the runs it recorded as
+    unfinished (restart recovery); stops it (no new runs, running tasks killed and
+    recorded, logger flushed) when the daemon stops."""
 
     name = "runner"
     log = Logger()
 
-    def __init__(self, runner: Any):
+    def __init__(self, runner: Any, logger: Any):
         self.runner = runner
+        self.logger = logger
+        self.recovered: Deferred | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        # Not awaited: the logger may wait for its store (Redis) for a long time, and the
+        # daemon must serve /ready meanwhile.
+        self.recovered = maybeDeferred(self.logger.when_ready)
+        self.recovered.addCallback(lambda _: self.runner.recover())
+        self.recovered.addErrback(
+            lambda failure: self.log.failure("Recovering unfinished runs failed", failure)
+        )
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -111,8 +130,9 @@ def _build_component(
     choice = getattr(config, kind)
     try:
         return components[choice.name].build(reactor, choice.config)
-    except OSError as error:
-        # e.g. OStreamLogger's file cannot be opened: a config problem, reported as one.
+    except (OSError, ValueError) as error:
+        # e.g. OStreamLogger's file cannot be opened, or RedisLogger's passwordFile is empty:
+        # a config problem, reported as one.
         raise ConfigError(config.source, [f"{kind}: cannot start {choice.name}: {error}"]) from None
 
 
@@ -140,7 +160,7 @@ def build_service(
 
     daemon = DaggyService()
     LoggerService(logger).setServiceParent(daemon)
-    RunnerService(runner).setServiceParent(daemon)
+    RunnerService(runner, logger).setServiceParent(daemon)
     # Added last so that it is the first to stop: no new requests while the runner drains.
     HTTPServerService(listening_endpoint(reactor, config.ip, config.port), site).setServiceParent(
         daemon

@@ -48,6 +48,7 @@ class FakeExecutor:
         self.running: list[FakeExecution] = []
         self.started: list[FakeExecution] = []
         self.stopped = False
+        self.reattachable: set[str] = set()
 
     def validate_job(self, job: Any, path: str) -> list[str]:
         if not isinstance(job, dict):
@@ -62,6 +63,15 @@ class FakeExecutor:
         execution = FakeExecution(self, run_id, task_name, job)
         self.running.append(execution)
         self.started.append(execution)
+        return execution
+
+    def reattach(self, run_id: int, task_name: str, job: dict, executor_state: dict):
+        """Finds again the attempts listed in ``reattachable`` (by task name)."""
+        if task_name not in self.reattachable:
+            return None
+        execution = FakeExecution(self, run_id, task_name, job)
+        execution.executor_state = executor_state
+        self.running.append(execution)
         return execution
 
     def find(self, task_name: str) -> FakeExecution:

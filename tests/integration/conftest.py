@@ -1,10 +1,12 @@
-"""Fixtures starting real daemon processes (helpers in daemon_harness.py)."""
+"""Fixtures starting real daemon processes (helpers in daemon_harness.py) and private
+redis-server processes (helpers in redis_harness.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from daemon_harness import Daemon, Process, start_daemon
+from redis_harness import RedisNotInstalled, RedisServer, find_redis_server
 
 
 @pytest.fixture
@@ -43,3 +45,64 @@ def daemons(tmp_path_factory):
         if daemon.new_log_errors(0):
             problems.append(f"{daemon.launcher} logged errors:\n{daemon.log}")
     assert not problems, "\n".join(problems)
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+def _redis_binary() -> str:
+    """The redis-server to run; fails the test (never skips it) when there is none."""
+    try:
+        return find_redis_server()
+    except RedisNotInstalled as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)
+
+
+def _redis_starter(make_directory):
+    """``start(**options) -> RedisServer`` (options of ``RedisServer``) plus the list of
+    servers it started, each in a fresh directory."""
+    executable = _redis_binary()
+    started: list[RedisServer] = []
+
+    def start(**options) -> RedisServer:
+        server = RedisServer(make_directory(), executable=executable, **options)
+        started.append(server)
+        return server.start()
+
+    return start, started
+
+
+def _stop_all(servers: list[RedisServer]) -> None:
+    for server in servers:
+        try:
+            server.stop()
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture
+def redis_servers(tmp_path_factory):
+    """Start private redis-servers on free loopback ports: ``start(appendonly=False,
+    appendfsync="everysec", password=None, unix_socket=False) -> RedisServer`` (see
+    ``redis_harness.RedisServer``).  Every server still running at the end of the test is
+    stopped."""
+    start, started = _redis_starter(lambda: tmp_path_factory.mktemp("redis"))
+    yield start
+    _stop_all(started)
+
+
+@pytest.fixture
+def redis_server(redis_servers) -> RedisServer:
+    """A private redis-server for this test, with AOF persistence (``appendonly yes``) so
+    it keeps its data across ``restart()``."""
+    return redis_servers(appendonly=True)
+
+
+@pytest.fixture(scope="session")
+def session_redis_server(tmp_path_factory) -> RedisServer:
+    """One private redis-server (no persistence) shared by the whole session, for tests
+    that keep apart by key prefix and never stop it."""
+    start, started = _redis_starter(lambda: tmp_path_factory.mktemp("session-redis"))
+    yield start()
+    _stop_all(started)

@@ -317,15 +317,15 @@ def forking(**config):
         ({"max-request-bytes": 1.5}, "max-request-bytes: must be an integer >= 1 (got 1.5)"),
         # the logger section
         ({"logger": "OStreamLogger"}, f'logger: {COMPONENT} (got "OStreamLogger")'),
-        ({"logger": {}}, "logger.name: required (one of: OStreamLogger)"),
-        ({"logger": {"config": {}}}, "logger.name: required (one of: OStreamLogger)"),
+        ({"logger": {}}, "logger.name: required (one of: OStreamLogger, RedisLogger)"),
+        ({"logger": {"config": {}}}, "logger.name: required (one of: OStreamLogger, RedisLogger)"),
         (
             {"logger": {"name": "FileLogger"}},
-            'logger.name: unknown logger "FileLogger" (expected one of: OStreamLogger)',
+            'logger.name: unknown logger "FileLogger" (expected one of: OStreamLogger, RedisLogger)',
         ),
         (
             {"logger": {"name": 3}},
-            "logger.name: unknown logger 3 (expected one of: OStreamLogger)",
+            "logger.name: unknown logger 3 (expected one of: OStreamLogger, RedisLogger)",
         ),
         (
             {"logger": {"name": "OStreamLogger", "cfg": {}}},
@@ -427,7 +427,7 @@ def test_every_problem_is_reported_on_one_line(tmp_path):
     assert error.problems == [
         "port: must be an integer from 1 to 65535 (got 0)",
         f"extra: unknown key (expected one of: {TOP_KEYS})",
-        'logger.name: unknown logger "Nope" (expected one of: OStreamLogger)',
+        'logger.name: unknown logger "Nope" (expected one of: OStreamLogger, RedisLogger)',
         "executor.config.threads: must be an integer >= 1 (got 0)",
         "executor.config.killGraceSeconds: must be a number > 0 (got 0)",
     ]

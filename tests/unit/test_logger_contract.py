@@ -2,7 +2,9 @@
 
 Each entry of ``LOGGER_FACTORIES`` builds a :class:`Harness` around one logger.  The tests use
 only the RunLogger protocol plus the harness, so a new logger joins the suite by adding a
-factory (a RedisLogger factory would drive its fake connection inside ``settle``).
+factory.  The RedisLogger runs here on fakeredis (``daggy.testing.redis``) with a fake clock,
+which ``settle`` drives; a durable logger's harness also has ``reopen``, which builds a new
+logger on the same store (a daemon restart).
 
 Reads follow ``flush()`` because a logger may batch writes.
 """
@@ -24,6 +26,7 @@ from daggy.loggers.interface import RunLogger
 from daggy.loggers.memory import MemoryStore
 from daggy.loggers.ostream import OStreamLogger
 from daggy.model import Attempt, State, TaskDef, iso8601
+from daggy.testing.redis import FakeRedisServer
 
 T0 = 1_700_000_000.0
 
@@ -37,6 +40,8 @@ class Harness:
     settle: Callable[[Deferred], None]
     teardown: Callable[[], None] = lambda: None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: For durable loggers: a new, ready logger on the same store (as after a restart).
+    reopen: Callable[[], RunLogger] | None = None
 
     def result(self, d: Deferred) -> Any:
         outcome = self._outcome(d)
@@ -85,14 +90,60 @@ def make_ostream_logger(tmp_path) -> Harness:
     return Harness(logger, settle=settle, teardown=teardown)
 
 
+def settle_clock(clock: Clock, d: Deferred, limit: int = 1000) -> None:
+    """Run ``clock``'s calls, earliest first, until ``d`` has fired (or nothing is left)."""
+    for _ in range(limit):
+        if d.called:
+            return
+        calls = clock.getDelayedCalls()
+        if not calls:
+            return
+        clock.advance(max(0.0, min(call.getTime() for call in calls) - clock.seconds()))
+
+
+def make_redis_logger(tmp_path) -> Harness:
+    from daggy.loggers._txredis import TxRedisConnector
+    from daggy.loggers.redis import RedisLogger
+
+    clock = Clock()
+    server = FakeRedisServer(clock)
+    loggers: list[RedisLogger] = []
+
+    def settle(d: Deferred) -> None:
+        settle_clock(clock, d)
+
+    def open_logger() -> RedisLogger:
+        connector = TxRedisConnector(clock, server.endpoint(), "fakeredis:6379")
+        logger = RedisLogger(clock, prefix="contract", connector=connector)
+        loggers.append(logger)
+        logger.start()
+        settle(logger.when_ready())
+        assert logger.status() == (True, "")
+        return logger
+
+    def teardown() -> None:
+        for logger in loggers:
+            closed = logger.close()
+            settle(closed)
+            assert closed.called
+        assert clock.getDelayedCalls() == []
+
+    return Harness(open_logger(), settle=settle, teardown=teardown, reopen=open_logger,
+                   notes={"server": server, "clock": clock})
+
+
 #: Every logger the contract runs against: ``(factory(tmp_path) -> Harness)``.
 LOGGER_FACTORIES = [
     pytest.param(make_memory_store, id="memory"),
     pytest.param(make_ostream_logger, id="ostream"),
+    pytest.param(make_redis_logger, id="redis"),
 ]
 
 #: Loggers whose writes apply synchronously in memory (they share MemoryStore's write rules).
 IN_MEMORY_FACTORIES = LOGGER_FACTORIES
+
+#: Loggers whose record outlives them (their harness has ``reopen``).
+DURABLE_FACTORIES = [pytest.param(make_redis_logger, id="redis")]
 
 
 @pytest.fixture(params=LOGGER_FACTORIES)
@@ -104,6 +155,13 @@ def harness(request, tmp_path):
 
 @pytest.fixture(params=IN_MEMORY_FACTORIES)
 def in_memory(request, tmp_path):
+    h = request.param(tmp_path)
+    yield h
+    h.teardown()
+
+
+@pytest.fixture(params=DURABLE_FACTORIES)
+def durable(request, tmp_path):
     h = request.param(tmp_path)
     yield h
     h.teardown()
@@ -163,7 +221,7 @@ def test_get_run_has_exactly_the_documented_keys(harness):
     run = harness.read("get_run", run_id)
     assert set(run) == {"runID", "tag", "state", "parameters", "startTime", "lastUpdate",
                         "taskCounts", "stateChanges", "tasks", "taskStates", "taskAttempts",
-                        "taskStateChanges"}
+                        "taskStateChanges", "taskExecutorStates"}
     json.dumps(run)
 
 
@@ -273,7 +331,8 @@ def test_attempts_are_kept_per_task_in_order(harness):
 
 
 def test_get_task_has_the_documented_shape(harness):
-    """get_task answers {runID, name, definition, state, attempts, stateChanges}."""
+    """get_task answers {runID, name, definition, state, attempts, stateChanges,
+    executorState}, executorState None until one is recorded."""
     definition = task("a", job={"command": ["/bin/true"], "environment": {"X": "1"}})
     run_id = new_run(harness, [definition])
     assert harness.read("get_task", run_id, "a") == {
@@ -283,7 +342,116 @@ def test_get_task_has_the_documented_shape(harness):
         "state": "QUEUED",
         "attempts": [],
         "stateChanges": [{"time": iso8601(T0), "state": "QUEUED"}],
+        "executorState": None,
     }
+
+
+# -- executor states ----------------------------------------------------------------------
+
+def test_executor_states_are_kept_per_task_and_replaced_by_the_next(harness):
+    """record_executor_state keeps the latest state per task, shown by get_run and get_task."""
+    run_id = new_run(harness, [task("a"), task("b"), task("c")])
+    harness.logger.record_executor_state(run_id, "c", {"pid": 10}, T0 + 1)
+    harness.logger.record_executor_state(run_id, "a", {"pid": 11}, T0 + 2)
+    harness.logger.record_executor_state(run_id, "a", {"jobID": "77", "cluster": "x"}, T0 + 3)
+    run = harness.read("get_run", run_id)
+    assert run["taskExecutorStates"] == {"a": {"jobID": "77", "cluster": "x"}, "c": {"pid": 10}}
+    assert list(run["taskExecutorStates"]) == ["a", "c"]  # task order
+    assert harness.read("get_task", run_id, "a")["executorState"] == {
+        "jobID": "77", "cluster": "x"}
+    assert harness.read("get_task", run_id, "b")["executorState"] is None
+    assert run["lastUpdate"] == iso8601(T0 + 3)
+
+
+def test_executor_state_of_an_unknown_task_raises_unknown_task(in_memory):
+    """record_executor_state naming a task the run does not have raises UnknownTask."""
+    run_id = new_run(in_memory, [task("a")])
+    with pytest.raises(UnknownTask):
+        in_memory.logger.record_executor_state(run_id, "b", {"pid": 1}, T0)
+
+
+# -- readiness and recovery ---------------------------------------------------------------
+
+def test_a_started_logger_is_ready(harness):
+    """After start() a reachable logger says it is ready and when_ready() has fired."""
+    harness.logger.start()  # a second start changes nothing
+    assert harness.logger.status() == (True, "")
+    assert harness.result(harness.logger.when_ready()) is None
+
+
+def test_load_unfinished_runs_answers_unfinished_runs_as_full_documents(harness):
+    """load_unfinished_runs lists every QUEUED or RUNNING run, by run ID, as get_run does."""
+    queued = new_run(harness, [task("a")])
+    finished = new_run(harness, [task("a")])
+    running = new_run(harness, [task("a"), task("b")])
+    harness.logger.record_run_state(finished, State.COMPLETED, T0 + 1)
+    harness.logger.record_run_state(running, State.RUNNING, T0 + 1)
+    harness.logger.record_task_state(running, "a", State.RUNNING, T0 + 2)
+    harness.logger.record_executor_state(running, "a", {"pid": 42}, T0 + 2)
+    harness.result(harness.logger.flush())
+    loaded = harness.result(harness.logger.load_unfinished_runs())
+    assert [doc["runID"] for doc in loaded] == [queued, running]
+    assert loaded[1] == harness.read("get_run", running)
+    assert loaded[1]["taskExecutorStates"] == {"a": {"pid": 42}}
+
+
+# -- durability (loggers whose record outlives them) --------------------------------------
+
+def fill_history(h: Harness) -> tuple[int, int]:
+    """A finished run and an unfinished one with every kind of record; returns their IDs."""
+    done = new_run(h, [task("x")], tag="old", parameters={"P": ["1", "2"]})
+    h.logger.record_run_state(done, State.RUNNING, T0 + 1)
+    h.logger.record_task_state(done, "x", State.RUNNING, T0 + 1)
+    h.logger.record_attempt(done, "x", attempt(T0 + 1, T0 + 2, output_log="done\n"))
+    h.logger.record_task_state(done, "x", State.COMPLETED, T0 + 2)
+    h.logger.record_run_state(done, State.COMPLETED, T0 + 2)
+    names = ["z", "12", "a/b c", "été ☃", "m"]
+    live = new_run(h, [task(name) for name in names], tag=None)
+    h.logger.add_tasks(live, [task("gen_1", parents=["z"])], T0 + 3)
+    h.logger.record_run_state(live, State.RUNNING, T0 + 3)
+    h.logger.record_task_state(live, "12", State.RUNNING, T0 + 3)
+    h.logger.record_attempt(live, "12", attempt(T0 + 3, T0 + 4, rc=1, error_log="e"))
+    h.logger.record_task_state(live, "12", State.RETRY, T0 + 4)
+    h.logger.record_task_state(live, "m", State.RUNNING, T0 + 5)
+    h.logger.record_executor_state(live, "m", {"pid": 4242}, T0 + 5)
+    h.result(h.logger.flush())
+    return done, live
+
+
+def test_a_reopened_logger_answers_exactly_as_before(durable):
+    """After a restart every read (listing, runs, tasks, states) answers as before it."""
+    done, live = fill_history(durable)
+    reads = [("list_runs", (), {"all_runs": True}), ("list_runs", (), {}),
+             ("get_run", (done,), {}), ("get_run", (live,), {}),
+             ("get_run_state", (done,), {}), ("get_run_state", (live,), {}),
+             ("get_task", (done, "x"), {}), ("get_task", (live, "m"), {}),
+             ("get_task_state", (live, "12"), {})]
+    before = [durable.read(method, *args, **kwargs) for method, args, kwargs in reads]
+    old = durable.logger
+    durable.logger = durable.reopen()
+    durable.result(old.close())
+    after = [durable.read(method, *args, **kwargs) for method, args, kwargs in reads]
+    assert after == before
+    assert list(after[3]["tasks"]) == ["z", "12", "a/b c", "été ☃", "m", "gen_1"]
+
+
+def test_a_reopened_logger_loads_unfinished_runs_identical_to_before(durable):
+    """load_unfinished_runs on a new logger returns the unfinished runs exactly as recorded,
+    and the new logger then records on top of them."""
+    done, live = fill_history(durable)
+    expected = durable.read("get_run", live)
+    durable.logger = durable.reopen()
+    loaded = durable.result(durable.logger.load_unfinished_runs())
+    assert [doc["runID"] for doc in loaded] == [live]
+    assert loaded[0] == expected
+    assert list(loaded[0]["tasks"]) == list(expected["tasks"])
+    assert loaded[0]["taskExecutorStates"] == {"m": {"pid": 4242}}
+    durable.logger.record_task_state(live, "m", State.COMPLETED, T0 + 9)
+    assert durable.read("get_run_state", live)["taskCounts"] == counts(
+        QUEUED=4, RETRY=1, COMPLETED=1)
+    assert durable.result(durable.logger.create_run(None, {}, T0 + 9)) == live + 1
+    with pytest.raises(UnknownRun):
+        durable.logger.record_task_state(done, "x", State.QUEUED, T0 + 9)
 
 
 # -- listing ------------------------------------------------------------------------------

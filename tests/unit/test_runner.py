@@ -279,3 +279,83 @@ def test_large_wide_run_completes_with_unlimited_capacity():
         h.turn()
     assert h.run_state(run_id) == "COMPLETED"
     assert h.run(run_id)["taskCounts"]["COMPLETED"] == 10_000
+
+
+def restarted(harness, reattachable=()):
+    """A new RunManager on the same store, as after a daemon restart, recovered."""
+    after = Harness()
+    after.clock.advance(harness.clock.seconds())
+    after.store = harness.store
+    after.executor.reattachable = set(reattachable)
+    after.runner = RunManager(after.clock, after.executor, after.store)
+    recovered = result_of(after.runner.recover())
+    after.turn()
+    return after, recovered
+
+
+def test_recovery_reruns_interrupted_keeps_completed_and_rearms_retries(harness):
+    """After a restart: COMPLETED stays, a RUNNING task's attempt is closed and the task
+    runs again without using a retry, a RETRY timer fires after what is left of it."""
+    run_id = harness.submit({"tasks": {
+        "a": {"job": job(), "children": ["b"]}, "b": {"job": job()},
+        "c": {"job": job(), "maxRetries": 1, "retryIntervalSeconds": 10}}})
+    harness.finish("a")
+    harness.finish("c", rc=1)
+    harness.clock.advance(4)
+    assert harness.running_names() == ["b"]
+    after, recovered = restarted(harness)
+    assert recovered == [run_id]
+    assert after.running_names() == ["b"]
+    attempts = after.run(run_id)["taskAttempts"]
+    assert "daggyd restarted" in attempts["b"][0]["executorLog"]
+    assert len(attempts["a"]) == 1
+    after.clock.advance(5.9)
+    after.turn()
+    assert "c" not in after.running_names()
+    after.clock.advance(0.1)
+    after.turn()
+    assert sorted(after.running_names()) == ["b", "c"]
+    after.finish("b")
+    after.finish("c")
+    assert after.run_state(run_id) == "COMPLETED"
+    assert [e.task_name for e in after.executor.started] == ["b", "c"]
+    harness.runner.kill_run(run_id)  # let the pre-restart runner's timers go
+    harness.turn()
+
+
+def test_recovery_reattaches_when_the_executor_can(harness):
+    """A RUNNING attempt the executor finds again is watched, not re-run."""
+    run_id = harness.submit({"tasks": {"a": {"job": job()}}})
+    after, _ = restarted(harness, reattachable={"a"})
+    assert after.executor.started == []
+    after.finish("a")
+    assert after.run_state(run_id) == "COMPLETED"
+    assert len(after.run(run_id)["taskAttempts"]["a"]) == 1
+    harness.runner.kill_run(run_id)
+    harness.turn()
+
+
+def test_recovery_keeps_used_retries_and_generated_wiring(harness):
+    """Recovered tasks keep the retries they used, and generated tasks still run before
+    their generator's children."""
+    run_id = harness.submit({"tasks": {
+        "gen": {"job": job(), "isGenerator": True, "children": ["last"]},
+        "last": {"job": job()},
+        "flaky": {"job": job(), "maxRetries": 1}}})
+    harness.finish("gen", output=json.dumps({"made": {"job": job()},
+                                             "more": {"job": job(), "parents": ["made"]}}))
+    harness.finish("flaky", rc=1)
+    harness.turn()
+    assert sorted(harness.running_names()) == ["flaky", "made"]
+    after, _ = restarted(harness)
+    assert sorted(after.running_names()) == ["flaky", "made"]
+    after.finish("flaky", rc=1)
+    assert after.task_states(run_id)["flaky"] == "ERRORED"
+    after.finish("made")
+    assert after.running_names() == ["more"]
+    after.finish("more")
+    assert after.running_names() == ["last"]
+    after.finish("last")
+    assert after.run_state(run_id) == "ERRORED"
+    harness.runner.kill_run(run_id)
+    harness.turn()

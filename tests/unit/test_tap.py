@@ -367,7 +367,7 @@ def test_runner_service_stops_the_runner_and_logs_a_failure(no_logged_errors):
         def stop(self):
             return closing
 
-    stopped = RunnerService(Runner()).stopService()
+    stopped = RunnerService(Runner(), logger=None).stopService()
     assert not stopped.called
     closing.errback(RuntimeError("stuck"))
     assert result_of(stopped) is None
@@ -382,3 +382,24 @@ def test_http_service_raises_when_the_port_is_unavailable():
     server = HTTPServerService(TCP4ServerEndpoint(reactor, 2503, interface="127.0.0.1"), object())
     with pytest.raises(CannotListenError):
         server.privilegedStartService()
+
+
+def test_runner_service_recovers_once_the_logger_is_ready():
+    """RunnerService starts recovery only after the logger says it is ready."""
+    ready = Deferred()
+    recovered = []
+
+    class Logger:
+        def when_ready(self):
+            return ready
+
+    class Runner:
+        def recover(self):
+            recovered.append(True)
+            return Deferred()
+
+    service = RunnerService(Runner(), Logger())
+    service.startService()
+    assert recovered == []
+    ready.callback(None)
+    assert recovered == [True]
