@@ -337,7 +337,8 @@ class RunManager:
                           count=len(recovered), run_ids=recovered)
         return recovered
 
-    def _restore(self, doc: dict) -> None:
+    def _rebuild(self, doc: dict) -> _Run:
+        """A run (and its engine) as its records describe it, held by this runner."""
         run = _Run(doc["runID"], doc.get("tag"), doc.get("parameters") or {})
         run.state = State(doc["state"])
         tasks = [TaskDef.from_json(copy.deepcopy(task)) for task in doc["tasks"].values()]
@@ -346,8 +347,16 @@ class RunManager:
         run.engine = DagEngine(on_state=self._state_recorder(run.run_id))
         run.engine.restore(tasks, states, {name: retries_used(histories.get(name, ()))
                                            for name in states})
+        if run.state is State.KILLED:
+            run.engine.killed = True
         self._runs[run.run_id] = run
         run.done.addErrback(self._log_run_failure, run)
+        return run
+
+    def _restore(self, doc: dict) -> None:
+        run = self._rebuild(doc)
+        states = {name: State(state) for name, state in doc["taskStates"].items()}
+        histories = doc.get("taskStateChanges", {})
         now = self._reactor.seconds()
         executor_states = doc.get("taskExecutorStates", {})
         for name, state in states.items():
@@ -380,11 +389,29 @@ class RunManager:
         except KeyError:
             raise UnknownRun(run_id) from None
 
-    def kill_run(self, run_id: int) -> None:
+    def _with_run(self, run_id: int, action, *args):
+        """Apply an operator action to a run.  A run this runner does not hold (a finished
+        run of an earlier daemon) is loaded from the logger first, and the result is then a
+        Deferred; otherwise the action runs (and raises) at once."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            return action(run, *args)
+
+        async def load_then_act():
+            doc = await self._logger.load_run(run_id)
+            loaded = self._runs.get(run_id)  # another request may have loaded it meanwhile
+            return action(loaded if loaded is not None else self._rebuild(doc), *args)
+
+        return defer.Deferred.fromCoroutine(load_then_act())
+
+    def kill_run(self, run_id: int):
         """Kill a run: running tasks are killed, queued ones never start.
 
         :raises UnknownRun: no such run.  :raises Conflict: the run already finished."""
-        run = self._get(run_id)
+        return self._with_run(run_id, self._kill_run)
+
+    def _kill_run(self, run: _Run) -> None:
+        run_id = run.run_id
         if run.state in FINISHED_STATES:
             raise Conflict(f"run {run_id} is already {run.state}")
         for name in run.engine.kill():
@@ -395,12 +422,15 @@ class RunManager:
         self._set_run_state(run, State.KILLED)
         self._after_change(run)  # releases the slot at once if nothing was running
 
-    def resume_run(self, run_id: int) -> None:
+    def resume_run(self, run_id: int):
         """Queue a finished run again: COMPLETED tasks stay, the rest run again.
 
         :raises Conflict: the run is queued or running, or its killed tasks are still
             stopping."""
-        run = self._get(run_id)
+        return self._with_run(run_id, self._resume_run)
+
+    def _resume_run(self, run: _Run) -> None:
+        run_id = run.run_id
         if run.active or run.state not in FINISHED_STATES:
             detail = ("still stopping its killed tasks" if run.state in FINISHED_STATES
                       else str(run.state))
@@ -410,10 +440,13 @@ class RunManager:
         run.engine.resume()
         self._enqueue(run)
 
-    def set_task_state(self, run_id: int, name: str, state: State) -> None:
+    def set_task_state(self, run_id: int, name: str, state: State):
         """Operator action on one task: QUEUED re-runs it (resuming a finished run),
         COMPLETED marks it done so its children can run, KILLED kills it."""
-        run = self._get(run_id)
+        return self._with_run(run_id, self._set_task_state, name, state)
+
+    def _set_task_state(self, run: _Run, name: str, state: State) -> None:
+        run_id = run.run_id
         engine = run.engine
         if name not in engine:
             raise UnknownTask(run_id, name)

@@ -60,6 +60,11 @@ class RunLogger(Protocol):
         RUNNING), by run ID, each with ``taskExecutorStates``.  A durable logger reads them
         from its store (and from then on holds them like runs it created)."""
 
+    def load_run(self, run_id: int) -> Any:
+        """Deferred[get_run document] of a run, held from then on like a run this daemon
+        created, so that it can be written again (an operator resuming a finished run of an
+        earlier daemon).  Fails with UnknownRun, or Unavailable when the store is away."""
+
     def flush(self) -> Any:
         """Deferred firing once every write made so far is stored.  A remote store that
         cannot be reached fails it with :class:`~daggy.errors.Unavailable` (the writes stay

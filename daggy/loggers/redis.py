@@ -749,6 +749,22 @@ class RedisLogger(MemoryStore):
             return super().get_run(run_id)
         return self._read_stored(run_id, self._read_stored_run)
 
+    def load_run(self, run_id: int) -> Deferred[dict[str, Any]]:
+        """A run stored before is read from Redis into the mirror (and written through it
+        from then on); a run already in the mirror is answered from there."""
+        if self.has_run(run_id):
+            return super().get_run(run_id)
+        return self._read_stored(run_id, self._load_stored_run)
+
+    async def _load_stored_run(self, connection: RedisConnection, run_id: int
+                               ) -> dict[str, Any]:
+        record = await self._fetch_run(connection, run_id)
+        if not self.has_run(run_id):
+            self._adopt_run(record)
+            if self._stored_runs is not None:
+                self._stored_runs.pop(run_id, None)
+        return await super().get_run(run_id)
+
     def get_run_state(self, run_id: int) -> Deferred[dict[str, Any]]:
         if self.has_run(run_id):
             return super().get_run_state(run_id)

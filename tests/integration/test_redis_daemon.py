@@ -390,6 +390,30 @@ def test_sigterm_while_redis_is_down_exits_cleanly(redis_server, daggyds):
     assert "not stored" in first.log
 
 
+def test_a_finished_run_of_an_earlier_daemon_can_be_resumed(session_redis_server, daggyds,
+                                                            tmp_path):
+    """After a restart, PATCH state/QUEUED on a run the old daemon finished ERRORED re-runs
+    what failed; the outcome is stored and read back by the next daemon."""
+    logger = redis_logger(session_redis_server, unique_prefix("resume-old"))
+    marker = tmp_path / "marker"
+    first = daggyds.start(logger)
+    run_id = first.submit({"tasks": {
+        "setup": sh("true", children=["check"]),
+        "check": sh('test -e "$1"', str(marker))}})
+    assert first.wait_run(run_id)["state"] == "ERRORED"
+    daggyds.stop(first)
+    marker.touch()
+    second = daggyds.start(logger)
+    resumed = second.http("PATCH", f"/v1/dagrun/{run_id}/state/QUEUED")
+    assert resumed.status == 200, resumed.raw
+    run = second.wait_run(run_id)
+    assert run["state"] == "COMPLETED"
+    assert [len(run["taskAttempts"][name]) for name in ("setup", "check")] == [1, 2]
+    daggyds.stop(second)
+    third = daggyds.start(logger)
+    assert third.run(run_id)["state"] == "COMPLETED"
+
+
 # -- 5. passwords --------------------------------------------------------------------------
 
 

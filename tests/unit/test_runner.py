@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
 from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
@@ -199,7 +200,7 @@ def test_task_operator_actions(harness):
     with pytest.raises(UnknownTask):
         harness.runner.set_task_state(run_id, "nope", State.QUEUED)
     with pytest.raises(UnknownRun):
-        harness.runner.set_task_state(99, "a", State.QUEUED)
+        result_of(harness.runner.set_task_state(99, "a", State.QUEUED))
     with pytest.raises(BadRequest):
         harness.runner.set_task_state(run_id, "a", State.RUNNING)
 
@@ -359,3 +360,24 @@ def test_recovery_keeps_used_retries_and_generated_wiring(harness):
     assert after.run_state(run_id) == "ERRORED"
     harness.runner.kill_run(run_id)
     harness.turn()
+
+
+def test_a_finished_run_of_an_earlier_daemon_can_be_resumed(harness):
+    """A run finished before a restart is loaded from the logger when an operator acts on
+    it: resuming re-runs what did not complete; killing it again is a conflict."""
+    run_id = harness.submit({"tasks": {
+        "a": {"job": job(), "children": ["b"]}, "b": {"job": job()}}})
+    harness.finish("a")
+    harness.finish("b", rc=1)
+    after, recovered = restarted(harness)
+    assert recovered == []
+    with pytest.raises(Conflict):
+        result_of(maybeDeferred(after.runner.kill_run, run_id))
+    result_of(maybeDeferred(after.runner.resume_run, run_id))
+    after.turn()
+    assert after.running_names() == ["b"]
+    after.finish("b")
+    assert after.run_state(run_id) == "COMPLETED"
+    assert len(after.run(run_id)["taskAttempts"]["a"]) == 1
+    with pytest.raises(UnknownRun):
+        result_of(maybeDeferred(after.runner.resume_run, run_id + 1))
