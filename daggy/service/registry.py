@@ -175,6 +175,59 @@ def _build_redis_logger(reactor: Any, config: Mapping[str, Any]) -> Any:
     )
 
 
+def _string_list(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(item, str) and item for item in value):
+        return None
+    return f"must be a list of non-empty strings (got {shown(value)})"
+
+
+def _boolean(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return f"must be true or false (got {shown(value)})"
+
+
+def _string(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None
+    return f"must be a string (got {shown(value)})"
+
+
+_SLURM_COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
+
+
+def _slurm_command_paths(value: Any) -> str | None:
+    if (isinstance(value, dict) and all(key in _SLURM_COMMANDS for key in value)
+            and all(isinstance(path, str) and path for path in value.values())):
+        return None
+    return (f"must be an object mapping some of {', '.join(_SLURM_COMMANDS)} to paths "
+            f"(got {shown(value)})")
+
+
+def _build_slurm_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
+    from daggy.executors.slurm import SlurmTaskExecutor
+
+    return SlurmTaskExecutor(
+        reactor,
+        poll_interval=float(config["pollIntervalSeconds"]),
+        output_dir=config["outputDir"],
+        partition=config["partition"],
+        account=config["account"],
+        qos=config["qos"],
+        command_prefix=config["commandPrefix"],
+        command_paths=dict(config["commandPaths"]),
+        sbatch_args=list(config["sbatchArgs"]),
+        job_name_prefix=config["jobNamePrefix"],
+        max_output_bytes=config["maxOutputBytes"],
+        command_timeout_seconds=float(config["commandTimeoutSeconds"]),
+        submit_retries=config["submitRetries"],
+        submit_backoff_seconds=float(config["submitBackoffSeconds"]),
+        max_backoff_seconds=float(config["maxBackoffSeconds"]),
+        lost_job_seconds=float(config["lostJobSeconds"]),
+        sacct_completion=config["sacctCompletion"],
+    )
+
+
 EXECUTORS: dict[str, Component] = {
     "ForkingTaskExecutor": Component(
         settings={
@@ -185,6 +238,27 @@ EXECUTORS: dict[str, Component] = {
         build=_build_forking_executor,
     ),
     "NoopTaskExecutor": Component(settings={}, build=_build_noop_executor),
+    "SlurmTaskExecutor": Component(
+        settings={
+            "pollIntervalSeconds": Setting(1, bounded_number(3600)),
+            "outputDir": Setting("/tmp/daggy-slurm", non_empty_string),
+            "partition": Setting(None, optional_non_empty_string),
+            "account": Setting(None, optional_non_empty_string),
+            "qos": Setting(None, optional_non_empty_string),
+            "commandPrefix": Setting("", _string),
+            "commandPaths": Setting({}, _slurm_command_paths),
+            "sbatchArgs": Setting([], _string_list),
+            "jobNamePrefix": Setting("daggy", non_empty_string),
+            "maxOutputBytes": Setting(16 * MiB, positive_integer),
+            "commandTimeoutSeconds": Setting(30, bounded_number(3600)),
+            "submitRetries": Setting(4, non_negative_integer),
+            "submitBackoffSeconds": Setting(1, bounded_number(3600)),
+            "maxBackoffSeconds": Setting(60, bounded_number(86400)),
+            "lostJobSeconds": Setting(600, bounded_number(30 * 86400)),
+            "sacctCompletion": Setting(False, _boolean),
+        },
+        build=_build_slurm_executor,
+    ),
 }
 
 LOGGERS: dict[str, Component] = {

@@ -1,12 +1,16 @@
-"""Fixtures starting real daemon processes (helpers in daemon_harness.py) and private
-redis-server processes (helpers in redis_harness.py)."""
+"""Fixtures starting real daemon processes (helpers in daemon_harness.py), private
+redis-server processes (helpers in redis_harness.py) and a private Slurm cluster (helpers in
+slurm_harness.py)."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 
 from daemon_harness import Daemon, Process, start_daemon
 from redis_harness import RedisNotInstalled, RedisServer, find_redis_server
+from slurm_harness import SlurmCluster, SlurmNotInstalled
 
 
 @pytest.fixture
@@ -106,3 +110,28 @@ def session_redis_server(tmp_path_factory) -> RedisServer:
     start, started = _redis_starter(lambda: tmp_path_factory.mktemp("session-redis"))
     yield start()
     _stop_all(started)
+
+
+# -- Slurm ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """One private single-node Slurm cluster (munged, slurmctld, slurmd on free loopback
+    ports, in a temporary directory) shared by the whole session; run Slurm commands with
+    ``slurm_cluster.env`` or its helpers (see ``slurm_harness.SlurmCluster``).  Fails, never
+    skips, when Slurm is not installed.  At the end every job is cancelled and everything the
+    cluster started is stopped, whatever the tests did."""
+    try:
+        cluster = SlurmCluster()
+    except SlurmNotInstalled as error:
+        pytest.fail(str(error), pytrace=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        leftovers = cluster.stop()
+    if leftovers:
+        # They are dead now; failing the session for them would not make the tests wrong.
+        warnings.warn(f"stopping the Slurm cluster had to kill leftovers (logs kept in"
+                      f" {cluster.directory}): {'; '.join(leftovers)}")

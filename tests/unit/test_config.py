@@ -348,9 +348,9 @@ def forking(**config):
         # the executor section
         ({"executor": []}, f"executor: {COMPONENT} (got [])"),
         (
-            {"executor": {"name": "SlurmTaskExecutor"}},
-            'executor.name: unknown executor "SlurmTaskExecutor" '
-            "(expected one of: ForkingTaskExecutor, NoopTaskExecutor)",
+            {"executor": {"name": "SlurmExecutor"}},
+            'executor.name: unknown executor "SlurmExecutor" '
+            "(expected one of: ForkingTaskExecutor, NoopTaskExecutor, SlurmTaskExecutor)",
         ),
         (
             forking(thread=4),

@@ -1,0 +1,541 @@
+# -*- test-case-name: tests.unit.test_slurm_executor -*-
+"""The Slurm executor: each attempt is one Slurm batch job; one poller watches them all.
+
+Submission is ``sbatch --parsable`` with the batch script on stdin.  Every ``poll_interval``
+the poller runs **one** ``squeue`` for every tracked job; jobs that squeue shows finished or
+no longer lists are resolved with **one** ``sacct`` call, with ``scontrol -o show job`` as the
+fallback.  A Slurm command that fails or times out is "no news": the poller logs it, backs
+off and tries again; no task fails because Slurm's controller was slow.  Kills are queued and
+sent as one ``scancel`` per tick.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from daggy.executors._process import FinishedExecution
+from daggy.executors._slurm_commands import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    CommandResult,
+    CommandRunner,
+    JobStatus,
+    batch_script,
+    describe_status,
+    job_options,
+    parse_sacct,
+    parse_scontrol,
+    parse_squeue,
+    safe_name,
+    validate_slurm_job,
+)
+from daggy.model import Attempt
+
+SHUTDOWN_REASON = "daemon shutting down"
+COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
+#: Above this many ids, squeue lists the daemon user's jobs instead (one argument must stay
+#: below the kernel's 128 KiB limit); sacct gets the ids in chunks of this size.
+MAX_IDS_PER_CALL = 5000
+
+
+class SlurmTaskExecutor:
+    """Run each attempt as a Slurm batch job and watch all of them with batched polls.
+
+    :param reactor: ``seconds``, ``callLater`` and ``spawnProcess``.
+    :param poll_interval: seconds between polls.
+    :param output_dir: where job stdout/stderr files go (``<dir>/run-<id>/<task>.<job>.out``);
+        must be visible to daggyd and the compute nodes.
+    :param partition, account, qos: defaults for jobs that do not name their own.
+    :param command_prefix: prepended to each Slurm command name (e.g. ``/opt/slurm/bin/``).
+    :param command_paths: per-command overrides, e.g. ``{"squeue": "/usr/local/bin/squeue"}``.
+    :param sbatch_args: extra sbatch arguments for every job.
+    :param job_name_prefix: jobs are named ``<prefix>.<run id>.<task>``.
+    :param max_output_bytes: bytes of each output file read into the attempt.
+    :param command_timeout_seconds: a Slurm command running longer is killed (no news).
+    :param submit_retries: sbatch failures retried this often before the attempt fails.
+    :param submit_backoff_seconds: first delay between sbatch tries; doubles each time.
+    :param max_backoff_seconds: cap of the submit and poll backoff.
+    :param lost_job_seconds: a job in neither squeue, sacct nor scontrol for this long is
+        reported as failed (lost).
+    :param sacct_completion: run ``sacct -c`` (the job completion log; clusters without
+        slurmdbd) instead of plain ``sacct``.
+    :param environ: the environment of the Slurm commands (default: ``os.environ``).
+    """
+
+    log = Logger()
+
+    capacity: int | None = None
+    templatable_fields = ("command", "environment", "workDir", "tmpDir", "partition",
+                          "account", "qos", "gres", "sbatchArgs")
+
+    def __init__(
+        self,
+        reactor: Any,
+        poll_interval: float = 1.0,
+        output_dir: str = "/tmp/daggy-slurm",
+        partition: str | None = None,
+        account: str | None = None,
+        qos: str | None = None,
+        command_prefix: str = "",
+        command_paths: dict[str, str] | None = None,
+        sbatch_args: tuple[str, ...] | list[str] = (),
+        job_name_prefix: str = "daggy",
+        max_output_bytes: int = 16 * 1024 * 1024,
+        command_timeout_seconds: float = 30.0,
+        submit_retries: int = 4,
+        submit_backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 60.0,
+        lost_job_seconds: float = 600.0,
+        sacct_completion: bool = False,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"pollIntervalSeconds must be > 0, not {poll_interval!r}")
+        if "%" in output_dir or "\\" in output_dir:
+            raise ValueError("outputDir must not contain '%' or '\\' (sbatch file patterns)")
+        unknown = set(command_paths or {}) - set(COMMANDS)
+        if unknown:
+            raise ValueError(f"commandPaths: unknown commands {sorted(unknown)}")
+        self._reactor = reactor
+        self._poll_interval = float(poll_interval)
+        self._output_dir = os.path.abspath(output_dir)
+        self._defaults = {"partition": partition, "account": account, "qos": qos}
+        self._paths = {name: command_prefix + name for name in COMMANDS}
+        self._paths.update(command_paths or {})
+        self._sbatch_args = list(sbatch_args)
+        self._job_name_prefix = safe_name(job_name_prefix)
+        self._max_output_bytes = max_output_bytes
+        self._submit_retries = submit_retries
+        self._submit_backoff = float(submit_backoff_seconds)
+        self._max_backoff = float(max_backoff_seconds)
+        self._lost_job_seconds = float(lost_job_seconds)
+        self._sacct_completion = sacct_completion
+        self._runner = CommandRunner(reactor, dict(os.environ if environ is None else environ),
+                                     command_timeout_seconds)
+        #: job id -> execution, for every job submitted and not yet resolved.
+        self._tracked: dict[str, SlurmExecution] = {}
+        #: executions not yet finished (submitting or tracked).
+        self._live: dict[SlurmExecution, None] = {}
+        self._cancel_queue: dict[str, None] = {}
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._polling = False
+        self._poll_failures = 0
+        self._quiet_until = 0.0
+        self._stopped = False
+        self._batching_stop = False
+        self._idle_waiters: list[Deferred[None]] = []
+        #: Counts of Slurm commands run, by name (for tests and benchmarks).
+        self.command_counts: dict[str, int] = {name: 0 for name in COMMANDS}
+
+    # -- the TaskExecutor interface ------------------------------------------------------
+
+    def validate_job(self, job: Any, path: str) -> list[str]:
+        """Every problem with ``job`` as ``"<path>.<field>: <message>"``; unknown fields too."""
+        return validate_slurm_job(job, path)
+
+    def start(self, run_id: int, task_name: str, job: dict[str, Any]) -> Any:
+        """Submit one attempt; ``started`` fires with ``{"jobId", "stdout", "stderr"}`` once
+        sbatch answered.  Never raises for a task-level problem."""
+        now = self._reactor.seconds()
+        if self._stopped:
+            return FinishedExecution(Attempt(
+                start_time=now, stop_time=now, rc=None, succeeded=False, killed=True,
+                executor_log=f"not submitted: {SHUTDOWN_REASON}"))
+        run_dir = os.path.join(self._output_dir, f"run-{run_id}")
+        stem = os.path.join(run_dir, safe_name(task_name))
+        execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
+                                   stdout_pattern=stem + ".%j.out",
+                                   stderr_pattern=stem + ".%j.err")
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as e:
+            execution.finish(succeeded=False, rc=None,
+                             log=f"not submitted: cannot create {run_dir}: {e.strerror}")
+            return execution
+        job_name = safe_name(f"{self._job_name_prefix}.{run_id}.{task_name}")
+        argv = [
+            "--parsable", f"--job-name={job_name}",
+            f"--output={execution.stdout_pattern}", f"--error={execution.stderr_pattern}",
+            *job_options(job, self._defaults), *self._sbatch_args, *job.get("sbatchArgs", ()),
+        ]
+        script = batch_script(list(job["command"]), dict(job.get("environment") or {}),
+                              job.get("tmpDir"))
+        self._live[execution] = None
+        execution.submit(argv, script.encode("utf-8"))
+        return execution
+
+    def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
+                 executor_state: dict[str, Any]) -> SlurmExecution | None:
+        """Watch a job submitted by an earlier daemon again (no resubmission).  Its result
+        comes from the next poll; a job that ended meanwhile gets its real result (sacct)."""
+        job_id = executor_state.get("jobId")
+        if not isinstance(job_id, str) or not job_id or self._stopped:
+            return None
+        execution = SlurmExecution(self, f"run {run_id} task {task_name}",
+                                   self._reactor.seconds(),
+                                   stdout_pattern=str(executor_state.get("stdout", "")),
+                                   stderr_pattern=str(executor_state.get("stderr", "")))
+        execution.job_id = job_id
+        execution.started.callback(dict(executor_state))
+        self._live[execution] = None
+        self.track(job_id, execution)
+        return execution
+
+    def stop(self) -> Deferred[None]:
+        """Cancel every job (one scancel) and refuse new ones; fires once every attempt's
+        result has fired."""
+        self._stopped = True
+        self._batching_stop = True
+        try:
+            for execution in list(self._live):
+                execution.kill(SHUTDOWN_REASON)
+        finally:
+            self._batching_stop = False
+        d = self._send_cancels()
+        d.addErrback(lambda failure: self.log.failure("scancel at shutdown failed", failure))
+        return self._when_idle()
+
+    # -- used by SlurmExecution ----------------------------------------------------------
+
+    def run_command(self, name: str, args: list[str],
+                    stdin: bytes | None = None) -> Deferred[CommandResult]:
+        self.command_counts[name] += 1
+        return self._runner.run([self._paths[name], *args], stdin)
+
+    def submit_delay(self, tries: int) -> float | None:
+        """Seconds to wait before sbatch try ``tries + 1``, or None when out of tries."""
+        if tries > self._submit_retries:
+            return None
+        return min(self._submit_backoff * 2 ** (tries - 1), self._max_backoff)
+
+    def track(self, job_id: str, execution: SlurmExecution) -> None:
+        self._tracked[job_id] = execution
+        self._ensure_polling()
+
+    def cancel(self, job_id: str) -> None:
+        """Queue ``job_id`` for the next tick's scancel (at once when stopping)."""
+        self._cancel_queue[job_id] = None
+        if self._stopped:
+            if not self._batching_stop:
+                self._send_cancels()
+        else:
+            self._ensure_polling()
+
+    def ended(self, execution: SlurmExecution) -> None:
+        self._live.pop(execution, None)
+        if execution.job_id is not None and self._tracked.get(execution.job_id) is execution:
+            del self._tracked[execution.job_id]
+        if not self._live and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def read_output(self, path: str) -> tuple[str, bool]:
+        """The first ``max_output_bytes`` of an output file and whether it was cut."""
+        if not path:
+            return "", False
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read(self._max_output_bytes + 1)
+        except OSError:
+            return "", False
+        truncated = len(data) > self._max_output_bytes
+        return data[: self._max_output_bytes].decode("utf-8", errors="replace"), truncated
+
+    # -- polling ---------------------------------------------------------------------------
+
+    @property
+    def tracked_count(self) -> int:
+        return len(self._tracked)
+
+    def _ensure_polling(self) -> None:
+        if not self._loop.running and not self._stopped:
+            self._loop.start(self._poll_interval, now=False)
+
+    def _when_idle(self) -> Deferred[None]:
+        if not self._live:
+            if self._loop.running and not self._polling:
+                self._loop.stop()
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _tick(self) -> Deferred[None] | None:
+        if self._polling:
+            return None
+        if not self._tracked and not self._cancel_queue:
+            self._loop.stop()
+            return None
+        self._polling = True
+        d = ensureDeferred(self._poll())
+        d.addErrback(lambda failure: self.log.failure("Slurm poll failed", failure))
+
+        def done(_: Any) -> None:
+            self._polling = False
+            if self._stopped or (not self._tracked and not self._cancel_queue):
+                if self._loop.running:
+                    self._loop.stop()
+
+        d.addBoth(done)
+        return d
+
+    def _send_cancels(self) -> Deferred[None]:
+        ids = list(self._cancel_queue)
+        self._cancel_queue.clear()
+        if not ids:
+            return succeed(None)
+        d = self.run_command("scancel", ids)
+
+        def check(result: CommandResult) -> None:
+            # rc 1 is normal when one of the jobs already finished; only a command that did
+            # not run at all leaves the jobs to cancel again.
+            if result.rc is None:
+                self.log.warn("scancel of {count} jobs failed ({why}); trying again",
+                              count=len(ids), why=result.describe())
+                for job_id in ids:
+                    if job_id in self._tracked:
+                        self._cancel_queue[job_id] = None
+
+        d.addCallback(check)
+        d.addErrback(lambda failure: self.log.failure("scancel failed", failure))
+        return d
+
+    async def _poll(self) -> None:
+        await self._send_cancels()
+        if not self._tracked or self._reactor.seconds() < self._quiet_until:
+            return
+        ids = list(self._tracked)
+        if len(ids) <= MAX_IDS_PER_CALL:
+            args = ["-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids)]
+        else:
+            args = ["-h", "-t", "all", "-o", "%i|%T|%r", "-u", _user_name()]
+        result = await self.run_command("squeue", args)
+        if result.ok:
+            listed = parse_squeue(result.stdout)
+        elif result.rc == 1 and "Invalid job id" in result.stderr:
+            listed = {}  # every id asked about has been purged from the controller
+        else:
+            self._no_news("squeue", result)
+            return
+        self._news()
+        to_resolve: list[str] = []
+        for job_id in ids:
+            execution = self._tracked.get(job_id)
+            if execution is None:
+                continue
+            status = listed.get(job_id)
+            if status is None or status.state not in ACTIVE_STATES:
+                to_resolve.append(job_id)
+            else:
+                execution.seen(status)
+        if to_resolve:
+            await self._resolve(to_resolve, listed)
+
+    async def _resolve(self, ids: list[str], listed: dict[str, JobStatus]) -> None:
+        """Final states of finished or vanished jobs: sacct, then scontrol, then squeue's."""
+        found: dict[str, JobStatus] = {}
+        sacct_worked = True
+        for start in range(0, len(ids), MAX_IDS_PER_CALL):
+            chunk = ids[start:start + MAX_IDS_PER_CALL]
+            args = ["-n", "-P", "-X", "-j", ",".join(chunk),
+                    "--format=JobID,State,ExitCode"]
+            if self._sacct_completion:
+                args.insert(0, "-c")
+            result = await self.run_command("sacct", args)
+            if result.ok:
+                found.update(parse_sacct(result.stdout))
+            else:
+                sacct_worked = False
+                self.log.debug("sacct: {why}", why=result.describe())
+        missing = [job_id for job_id in ids if job_id not in found
+                   or found[job_id].state not in FINAL_STATES]
+        scontrol_worked = True
+        if missing:
+            result = await self.run_command("scontrol", ["-o", "show", "job"])
+            if result.ok:
+                shown = parse_scontrol(result.stdout)
+                for job_id in missing:
+                    if job_id in shown:
+                        found[job_id] = shown[job_id]
+            else:
+                scontrol_worked = False
+        now = self._reactor.seconds()
+        for job_id in ids:
+            execution = self._tracked.get(job_id)
+            if execution is None:
+                continue
+            candidates = [s for s in (found.get(job_id), listed.get(job_id)) if s is not None]
+            final = [s for s in candidates if s.state in FINAL_STATES]
+            status = final[0] if final else (candidates[0] if candidates else None)
+            if status is not None and status.state in FINAL_STATES:
+                execution.resolve(status)
+            elif status is not None and status.state in ACTIVE_STATES:
+                execution.seen(status)
+            elif status is not None:
+                execution.unknown_state(status)
+            elif sacct_worked or scontrol_worked:
+                execution.missing(now, self._lost_job_seconds)
+
+    def _no_news(self, command: str, result: CommandResult) -> None:
+        self._poll_failures += 1
+        delay = min(self._poll_interval * 2 ** self._poll_failures, self._max_backoff)
+        self._quiet_until = self._reactor.seconds() + delay
+        if self._poll_failures == 1:
+            self.log.warn("{command} failed ({why}); no news about Slurm jobs, polling less "
+                          "often until it works again", command=command, why=result.describe())
+
+    def _news(self) -> None:
+        if self._poll_failures:
+            self.log.info("Slurm answers again after {count} failed polls",
+                          count=self._poll_failures)
+        self._poll_failures = 0
+        self._quiet_until = 0.0
+
+
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+class SlurmExecution:
+    """One attempt as one Slurm job: submission with retries, then whatever polls say."""
+
+    log = Logger()
+
+    def __init__(self, executor: SlurmTaskExecutor, label: str, start_time: float, *,
+                 stdout_pattern: str, stderr_pattern: str) -> None:
+        self.result: Deferred[Attempt] = Deferred()
+        self.started: Deferred[dict[str, Any]] = Deferred()
+        self.job_id: str | None = None
+        self.stdout_pattern = stdout_pattern
+        self.stderr_pattern = stderr_pattern
+        self._executor = executor
+        self._reactor = executor._reactor
+        self._label = label
+        self._start_time = start_time
+        self._tries = 0
+        self._retry_call: Any = None
+        self._kill_reason: str | None = None
+        self._missing_since: float | None = None
+        self._warned_state: str | None = None
+        self.ended = False
+
+    # submission
+
+    def submit(self, argv: list[str], script: bytes) -> None:
+        self._tries += 1
+        d = self._executor.run_command("sbatch", argv, script)
+        d.addCallback(self._submitted, argv, script)
+        d.addErrback(self._bug)
+
+    def _submitted(self, result: CommandResult, argv: list[str], script: bytes) -> None:
+        job_id = result.stdout.strip().split(";")[0] if result.ok else ""
+        if job_id.isdigit() or (job_id and job_id.replace("_", "").isdigit()):
+            self.job_id = job_id
+            stdout = self.stdout_pattern.replace("%j", job_id)
+            stderr = self.stderr_pattern.replace("%j", job_id)
+            self.stdout_pattern, self.stderr_pattern = stdout, stderr
+            self.log.debug("submitted {label} as Slurm job {job}", label=self._label, job=job_id)
+            self.started.callback({"jobId": job_id, "stdout": stdout, "stderr": stderr})
+            self._executor.track(job_id, self)
+            if self._kill_reason is not None:
+                reason, self._kill_reason = self._kill_reason, None
+                self.kill(reason)
+            return
+        why = result.describe() if not result.ok else f"unexpected output {result.stdout!r}"
+        delay = self._executor.submit_delay(self._tries)
+        if self._kill_reason is not None or delay is None:
+            killed = self._kill_reason is not None
+            self.log.warn("could not submit {label}: {why}", label=self._label, why=why)
+            self.finish(succeeded=False, rc=None, killed=killed,
+                        log=(f"not submitted: {self._kill_reason}" if killed else
+                             f"sbatch failed {self._tries} times; last: {why}"))
+            return
+        self.log.info("sbatch for {label} failed ({why}); try {next} in {delay}s",
+                      label=self._label, why=why, next=self._tries + 1, delay=delay)
+        self._retry_call = self._reactor.callLater(delay, self._retry, argv, script)
+
+    def _retry(self, argv: list[str], script: bytes) -> None:
+        self._retry_call = None
+        self.submit(argv, script)
+
+    # polling outcomes
+
+    def seen(self, status: JobStatus) -> None:
+        self._missing_since = None
+
+    def unknown_state(self, status: JobStatus) -> None:
+        self._missing_since = None
+        if self._warned_state != status.state:
+            self._warned_state = status.state
+            self.log.warn("Slurm job {job} of {label} is in unknown state {state}; still "
+                          "watching it", job=self.job_id, label=self._label, state=status.state)
+
+    def missing(self, now: float, give_up_after: float) -> None:
+        if self._missing_since is None:
+            self._missing_since = now
+        elif now - self._missing_since >= give_up_after:
+            self.finish(succeeded=False, rc=None, killed=self._kill_reason is not None,
+                        log=f"Slurm job {self.job_id} is gone: not in squeue, sacct or "
+                            f"scontrol for {give_up_after:g}s; its outcome is unknown")
+
+    def resolve(self, status: JobStatus) -> None:
+        succeeded, rc, _retryable, text = describe_status(str(self.job_id), status)
+        killed = status.state == "CANCELLED" and self._kill_reason is not None
+        if killed:
+            text += f"; {self._kill_reason}"
+        elif status.state == "CANCELLED":
+            text += " outside daggyd"
+        self.finish(succeeded=succeeded, rc=rc, killed=killed,
+                    timed_out=status.state == "TIMEOUT", log=text)
+
+    # the Execution interface
+
+    def kill(self, reason: str) -> None:
+        """Cancel the job (scancel at the next tick); the result fires once Slurm reports
+        it ended.  A submission not yet made is abandoned."""
+        if self.ended or self._kill_reason is not None:
+            return
+        self._kill_reason = reason
+        if self._retry_call is not None:
+            self._retry_call.cancel()
+            self._retry_call = None
+            self.finish(succeeded=False, rc=None, killed=True, log=f"not submitted: {reason}")
+        elif self.job_id is not None:
+            self._executor.cancel(self.job_id)
+            if reason == SHUTDOWN_REASON:
+                # The daemon is going away: record the kill now instead of waiting for a poll.
+                self.finish(succeeded=False, rc=None, killed=True,
+                            log=f"Slurm job {self.job_id} cancelled: {reason}")
+
+    def finish(self, *, succeeded: bool, rc: int | None, log: str, killed: bool = False,
+               timed_out: bool = False) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        output, output_cut = ("", False)
+        errors, errors_cut = ("", False)
+        if self.job_id is not None:
+            output, output_cut = self._executor.read_output(self.stdout_pattern)
+            errors, errors_cut = self._executor.read_output(self.stderr_pattern)
+        self._executor.ended(self)
+        if not self.started.called:
+            self.started.callback({})
+        self.result.callback(Attempt(
+            start_time=self._start_time, stop_time=self._reactor.seconds(), rc=rc,
+            succeeded=succeeded, output_log=output, error_log=errors, executor_log=log,
+            killed=killed, timed_out=timed_out, output_truncated=output_cut,
+            error_truncated=errors_cut,
+            executor_state={"jobId": self.job_id} if self.job_id else {}))
+
+    def _bug(self, failure: Any) -> None:
+        self.log.failure("submitting {label} failed unexpectedly", failure, label=self._label)
+        self.finish(succeeded=False, rc=None, log=f"internal error: {failure.getErrorMessage()}")
