@@ -77,6 +77,46 @@ class BoundedOutput:
         return b"".join(self._chunks).decode("utf-8", errors="replace")
 
 
+def command_job_errors(job: dict[str, Any], path: str, allowed_fields: tuple[str, ...],
+                       env_name_ok: Any, env_name_rule: str) -> list[str]:
+    """The checks every argv-style job format shares: no unknown fields, ``command`` a
+    non-empty list of NUL-free strings, ``environment`` an object of NUL-free strings whose
+    names pass ``env_name_ok`` (``env_name_rule`` says what a valid name is)."""
+    errors: list[str] = []
+    for key in job:
+        if key not in allowed_fields:
+            errors.append(
+                f"{path}.{key}: unknown job field (allowed: {', '.join(allowed_fields)})")
+
+    command = job.get("command")
+    if "command" not in job:
+        errors.append(f"{path}.command: is required (a non-empty list of strings)")
+    elif not isinstance(command, list) or not command:
+        errors.append(f"{path}.command: must be a non-empty list of strings")
+    else:
+        for index, arg in enumerate(command):
+            if not isinstance(arg, str):
+                errors.append(f"{path}.command[{index}]: must be a string")
+            elif "\0" in arg:
+                errors.append(f"{path}.command[{index}]: must not contain NUL characters")
+        if isinstance(command[0], str) and not command[0]:
+            errors.append(f"{path}.command[0]: must name the program (it is empty)")
+
+    if "environment" in job:
+        environment = job["environment"]
+        if not isinstance(environment, dict):
+            errors.append(f"{path}.environment: must be an object of strings")
+        else:
+            for name, value in environment.items():
+                if not env_name_ok(name):
+                    errors.append(f"{path}.environment.{name}: {env_name_rule}")
+                if not isinstance(value, str):
+                    errors.append(f"{path}.environment.{name}: must be a string")
+                elif "\0" in value:
+                    errors.append(f"{path}.environment.{name}: must not contain NUL characters")
+    return errors
+
+
 class ProgramNotFound(Exception):
     """The program of a command cannot be executed; ``str()`` says why."""
 

@@ -19,7 +19,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daggy.executors._process import BoundedOutput, describe_exit, signal_name
+from daggy.executors._process import (
+    BoundedOutput,
+    command_job_errors,
+    describe_exit,
+    signal_name,
+)
 
 JOB_FIELDS = (
     "command", "environment", "minCPUs", "minMemoryMB", "minTmpDiskMB", "priority",
@@ -75,40 +80,9 @@ def validate_slurm_job(job: Any, path: str) -> list[str]:
     """Every problem with a Slurm job, each as ``"<path>.<field>: <message>"``."""
     if not isinstance(job, dict):
         return [f"{path}: must be an object"]
-    errors: list[str] = []
-    for key in job:
-        if key not in JOB_FIELDS:
-            errors.append(f"{path}.{key}: unknown job field (allowed: {', '.join(JOB_FIELDS)})")
-
-    command = job.get("command")
-    if "command" not in job:
-        errors.append(f"{path}.command: is required (a non-empty list of strings)")
-    elif not isinstance(command, list) or not command:
-        errors.append(f"{path}.command: must be a non-empty list of strings")
-    else:
-        for index, arg in enumerate(command):
-            if not isinstance(arg, str):
-                errors.append(f"{path}.command[{index}]: must be a string")
-            elif "\0" in arg:
-                errors.append(f"{path}.command[{index}]: must not contain NUL characters")
-        if isinstance(command[0], str) and not command[0]:
-            errors.append(f"{path}.command[0]: must name the program (it is empty)")
-
-    if "environment" in job:
-        environment = job["environment"]
-        if not isinstance(environment, dict):
-            errors.append(f"{path}.environment: must be an object of strings")
-        else:
-            for name, value in environment.items():
-                if not _SHELL_NAME.match(name):
-                    errors.append(
-                        f"{path}.environment.{name}: variable names must be letters, digits"
-                        " and '_', not starting with a digit"
-                    )
-                if not isinstance(value, str):
-                    errors.append(f"{path}.environment.{name}: must be a string")
-                elif "\0" in value:
-                    errors.append(f"{path}.environment.{name}: must not contain NUL characters")
+    errors = command_job_errors(
+        job, path, JOB_FIELDS, lambda name: bool(_SHELL_NAME.match(name)),
+        "variable names must be letters, digits and '_', not starting with a digit")
 
     for key, (low, high) in INTEGER_FIELDS.items():
         if key in job:

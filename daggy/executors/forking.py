@@ -32,6 +32,7 @@ from daggy.executors._process import (
     ProcessReactor,
     ProgramNotFound,
     check_work_dir,
+    command_job_errors,
     describe_exit,
     find_program,
     format_seconds,
@@ -56,42 +57,10 @@ def validate_command_job(job: Any, path: str) -> list[str]:
     :meth:`ForkingTaskExecutor.validate_job`."""
     if not isinstance(job, dict):
         return [f"{path}: must be an object"]
-    errors: list[str] = []
-    for key in job:
-        if key not in JOB_FIELDS:
-            errors.append(
-                f"{path}.{key}: unknown job field (allowed: {', '.join(JOB_FIELDS)})"
-            )
-
-    command = job.get("command")
-    if "command" not in job:
-        errors.append(f"{path}.command: is required (a non-empty list of strings)")
-    elif not isinstance(command, list) or not command:
-        errors.append(f"{path}.command: must be a non-empty list of strings")
-    else:
-        for index, arg in enumerate(command):
-            if not isinstance(arg, str):
-                errors.append(f"{path}.command[{index}]: must be a string")
-            elif _has_nul(arg):
-                errors.append(f"{path}.command[{index}]: must not contain NUL characters")
-        if isinstance(command[0], str) and not command[0]:
-            errors.append(f"{path}.command[0]: must name the program (it is empty)")
-
-    if "environment" in job:
-        environment = job["environment"]
-        if not isinstance(environment, dict):
-            errors.append(f"{path}.environment: must be an object of strings")
-        else:
-            for name, value in environment.items():
-                if not name or "=" in name or _has_nul(name):
-                    errors.append(
-                        f"{path}.environment.{name}: variable names must be non-empty and"
-                        " contain no '=' or NUL"
-                    )
-                if not isinstance(value, str):
-                    errors.append(f"{path}.environment.{name}: must be a string")
-                elif _has_nul(value):
-                    errors.append(f"{path}.environment.{name}: must not contain NUL characters")
+    errors = command_job_errors(
+        job, path, JOB_FIELDS,
+        lambda name: bool(name) and "=" not in name and not _has_nul(name),
+        "variable names must be non-empty and contain no '=' or NUL")
 
     if "timeoutSeconds" in job:
         timeout = job["timeoutSeconds"]
