@@ -359,11 +359,19 @@ class RunManager:
         histories = doc.get("taskStateChanges", {})
         now = self._reactor.seconds()
         executor_states = doc.get("taskExecutorStates", {})
+        attempts = doc.get("taskAttempts", {})
         for name, state in states.items():
             if state is State.RUNNING:
                 task = run.engine.task(name)
+                earlier = [dict(attempt.get("executorState") or {})
+                           for attempt in attempts.get(name, ())]
+                executor_state = dict(executor_states.get(name) or {})
+                if executor_state in earlier:
+                    # The daemon died before the running attempt reported its own state:
+                    # what is recorded belongs to an attempt that already ended.
+                    executor_state = {}
                 execution = self._executor.reattach(run.run_id, name, task.job,
-                                                    dict(executor_states.get(name) or {}))
+                                                    executor_state, earlier)
                 if execution is not None:
                     self._track(run, task, execution)
                     continue

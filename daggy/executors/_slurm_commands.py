@@ -8,6 +8,7 @@ Slurm command through ``reactor.spawnProcess``, with a timeout, never failing it
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -132,6 +133,30 @@ def safe_name(text: str) -> str:
     leading dot, at most :data:`MAX_NAME_LENGTH` characters."""
     name = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".")[:MAX_NAME_LENGTH]
     return name or "task"
+
+
+def job_name(prefix: str, run_id: int, task_name: str) -> str:
+    """``<prefix>.<run id>.<task>`` as a Slurm job name.  When the task name had to be made
+    safe (or shortened), a hash of the original keeps two tasks of one run from sharing a job
+    name (a restarted daemon finds jobs by name)."""
+    wanted = f"{prefix}.{run_id}.{task_name}"
+    name = safe_name(wanted)
+    if name == wanted:
+        return name
+    digest = hashlib.sha1(wanted.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name[:MAX_NAME_LENGTH - 9]}~{digest}"
+
+
+def parse_named_jobs(output: str) -> dict[str, set[str]]:
+    """Lines starting ``JobID|JobName|...`` (squeue ``-o '%i|%j|...'``, sacct
+    ``--format=JobID,JobName,...``) -> job name -> job ids; job steps are skipped."""
+    jobs: dict[str, set[str]] = {}
+    for line in output.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0] or "." in parts[0]:
+            continue
+        jobs.setdefault(parts[1], set()).add(parts[0])
+    return jobs
 
 
 def slurm_time(seconds: int) -> str:

@@ -194,7 +194,8 @@ class ForkingTaskExecutor:
         return execution
 
     def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
-                 executor_state: dict[str, Any]) -> None:
+                 executor_state: dict[str, Any],
+                 earlier_states: list[dict[str, Any]] = ()) -> None:
         """A forked task does not survive as something daggyd can watch again: its pipes
         died with the old daemon.  The runner closes the attempt and runs the task again."""
         return None

@@ -44,9 +44,12 @@ class TaskExecutor(Protocol):
         """Start one attempt of an (already validated and expanded) job now."""
 
     def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
-                 executor_state: dict[str, Any]) -> Execution | None:
+                 executor_state: dict[str, Any],
+                 earlier_states: list[dict[str, Any]] = ()) -> Execution | None:
         """After a daemon restart, find an attempt that was running when the daemon died
-        (``executor_state`` is what its ``started`` Deferred recorded, or ``{}``).  Return an
+        (``executor_state`` is what its ``started`` Deferred recorded, or ``{}`` when the
+        daemon died before it fired; ``earlier_states`` are the executor states of the task's
+        earlier, finished attempts, so they are not mistaken for this one).  Return an
         Execution watching it (its result may even be known already), or None when the
         attempt cannot be found again: the runner then closes it and runs the task again."""
 

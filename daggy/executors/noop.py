@@ -37,7 +37,8 @@ class NoopTaskExecutor:
         )
 
     def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
-                 executor_state: dict[str, Any]) -> None:
+                 executor_state: dict[str, Any],
+                 earlier_states: list[dict[str, Any]] = ()) -> None:
         """Nothing ever runs, so there is nothing to find again."""
         return None
 

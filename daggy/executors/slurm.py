@@ -12,6 +12,7 @@ sent as one ``scancel`` per tick.
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -27,7 +28,9 @@ from daggy.executors._slurm_commands import (
     JobStatus,
     batch_script,
     describe_status,
+    job_name,
     job_options,
+    parse_named_jobs,
     parse_sacct,
     parse_scontrol,
     parse_squeue,
@@ -41,6 +44,10 @@ COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 #: Above this many ids, squeue lists the daemon user's jobs instead (one argument must stay
 #: below the kernel's 128 KiB limit); sacct gets the ids in chunks of this size.
 MAX_IDS_PER_CALL = 5000
+#: Job names per squeue/sacct call when a restarted daemon looks for jobs by name.
+MAX_NAMES_PER_CALL = 500
+#: How far back sacct looks for a job found by name (it needs a start time without -j).
+SEARCH_SACCT_START = "now-30days"
 
 
 class SlurmTaskExecutor:
@@ -64,6 +71,8 @@ class SlurmTaskExecutor:
         reported as failed (lost).
     :param sacct_completion: run ``sacct -c`` (the job completion log; clusters without
         slurmdbd) instead of plain ``sacct``.
+    :param max_parallel_submits: most sbatch processes at once; further submissions wait
+        their turn (a 10,000-task wave must not fork 10,000 sbatch processes).
     :param environ: the environment of the Slurm commands (default: ``os.environ``).
     """
 
@@ -92,10 +101,14 @@ class SlurmTaskExecutor:
         max_backoff_seconds: float = 60.0,
         lost_job_seconds: float = 600.0,
         sacct_completion: bool = False,
+        max_parallel_submits: int = 8,
         environ: dict[str, str] | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"pollIntervalSeconds must be > 0, not {poll_interval!r}")
+        if not isinstance(max_parallel_submits, int) or max_parallel_submits < 1:
+            raise ValueError(f"maxParallelSubmits must be an integer >= 1, not "
+                             f"{max_parallel_submits!r}")
         if "%" in output_dir or "\\" in output_dir:
             raise ValueError("outputDir must not contain '%' or '\\' (sbatch file patterns)")
         unknown = set(command_paths or {}) - set(COMMANDS)
@@ -122,6 +135,11 @@ class SlurmTaskExecutor:
         #: executions not yet finished (submitting or tracked).
         self._live: dict[SlurmExecution, None] = {}
         self._cancel_queue: dict[str, None] = {}
+        #: executions of a restarted daemon whose job id was never recorded: found by name.
+        self._searching: dict[SlurmExecution, None] = {}
+        self._max_parallel_submits = max_parallel_submits
+        self._submitting = 0
+        self._submit_queue: deque[SlurmExecution] = deque()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._polling = False
@@ -147,41 +165,63 @@ class SlurmTaskExecutor:
             return FinishedExecution(Attempt(
                 start_time=now, stop_time=now, rc=None, succeeded=False, killed=True,
                 executor_log=f"not submitted: {SHUTDOWN_REASON}"))
+        execution = self._execution(run_id, task_name, job, now)
+        if not execution.ended:
+            self._live[execution] = None
+            execution.submit()
+        return execution
+
+    def _execution(self, run_id: int, task_name: str, job: dict[str, Any],
+                   now: float) -> SlurmExecution:
+        """An execution ready to submit ``job`` (or already failed: no output directory)."""
         run_dir = os.path.join(self._output_dir, f"run-{run_id}")
         stem = os.path.join(run_dir, safe_name(task_name))
+        name = job_name(self._job_name_prefix, run_id, task_name)
+        stdout, stderr = stem + ".%j.out", stem + ".%j.err"
+        argv = [
+            "--parsable", f"--job-name={name}", f"--output={stdout}", f"--error={stderr}",
+            *job_options(job, self._defaults), *self._sbatch_args, *job.get("sbatchArgs", ()),
+        ]
+        script = batch_script(list(job["command"]), dict(job.get("environment") or {}),
+                              job.get("tmpDir"))
         execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
-                                   stdout_pattern=stem + ".%j.out",
-                                   stderr_pattern=stem + ".%j.err")
+                                   stdout_pattern=stdout, stderr_pattern=stderr,
+                                   job_name=name, argv=argv, script=script.encode("utf-8"))
         try:
             os.makedirs(run_dir, exist_ok=True)
         except OSError as e:
             execution.finish(succeeded=False, rc=None,
                              log=f"not submitted: cannot create {run_dir}: {e.strerror}")
-            return execution
-        job_name = safe_name(f"{self._job_name_prefix}.{run_id}.{task_name}")
-        argv = [
-            "--parsable", f"--job-name={job_name}",
-            f"--output={execution.stdout_pattern}", f"--error={execution.stderr_pattern}",
-            *job_options(job, self._defaults), *self._sbatch_args, *job.get("sbatchArgs", ()),
-        ]
-        script = batch_script(list(job["command"]), dict(job.get("environment") or {}),
-                              job.get("tmpDir"))
-        self._live[execution] = None
-        execution.submit(argv, script.encode("utf-8"))
         return execution
 
     def reattach(self, run_id: int, task_name: str, job: dict[str, Any],
-                 executor_state: dict[str, Any]) -> SlurmExecution | None:
+                 executor_state: dict[str, Any],
+                 earlier_states: list[dict[str, Any]] = ()) -> SlurmExecution | None:
         """Watch a job submitted by an earlier daemon again (no resubmission).  Its result
-        comes from the next poll; a job that ended meanwhile gets its real result (sacct)."""
-        job_id = executor_state.get("jobId")
-        if not isinstance(job_id, str) or not job_id or self._stopped:
+        comes from the next poll; a job that ended meanwhile gets its real result (sacct).
+
+        Without a recorded job id (the daemon died between sbatch's answer and recording
+        it, or before sbatch ran), the next poll looks the job up by its name, ignoring the
+        jobs of ``earlier_states``; only when Slurm has no such job is it submitted."""
+        if self._stopped:
             return None
-        execution = SlurmExecution(self, f"run {run_id} task {task_name}",
-                                   self._reactor.seconds(),
+        job_id = executor_state.get("jobId")
+        now = self._reactor.seconds()
+        if not isinstance(job_id, str) or not job_id:
+            execution = self._execution(run_id, task_name, job, now)
+            if execution.ended:
+                return execution
+            execution.not_these = {str(state.get("jobId")) for state in earlier_states
+                                   if state.get("jobId")}
+            self._live[execution] = None
+            self._searching[execution] = None
+            self._ensure_polling()
+            return execution
+        execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
                                    stdout_pattern=str(executor_state.get("stdout", "")),
                                    stderr_pattern=str(executor_state.get("stderr", "")))
         execution.job_id = job_id
+        execution.executor_state = dict(executor_state)
         execution.started.callback(dict(executor_state))
         self._live[execution] = None
         self.track(job_id, execution)
@@ -208,6 +248,29 @@ class SlurmTaskExecutor:
         self.command_counts[name] += 1
         return self._runner.run([self._paths[name], *args], stdin)
 
+    def sbatch(self, execution: SlurmExecution) -> None:
+        """Run sbatch for ``execution`` now, or once one of the parallel slots is free."""
+        if self._submitting < self._max_parallel_submits:
+            self._run_sbatch(execution)
+        else:
+            self._submit_queue.append(execution)
+
+    def _run_sbatch(self, execution: SlurmExecution) -> None:
+        self._submitting += 1
+        execution.sbatch_running = True
+        d = self.run_command("sbatch", execution.argv, execution.script)
+        d.addBoth(self._sbatch_slot_free)
+        d.addCallback(execution.submitted)
+        d.addErrback(execution.bug)
+
+    def _sbatch_slot_free(self, result: Any) -> Any:
+        self._submitting -= 1
+        while self._submit_queue and self._submitting < self._max_parallel_submits:
+            waiting = self._submit_queue.popleft()
+            if not waiting.ended:
+                self._run_sbatch(waiting)
+        return result
+
     def submit_delay(self, tries: int) -> float | None:
         """Seconds to wait before sbatch try ``tries + 1``, or None when out of tries."""
         if tries > self._submit_retries:
@@ -227,8 +290,12 @@ class SlurmTaskExecutor:
         else:
             self._ensure_polling()
 
+    def is_searching(self, execution: SlurmExecution) -> bool:
+        return execution in self._searching
+
     def ended(self, execution: SlurmExecution) -> None:
         self._live.pop(execution, None)
+        self._searching.pop(execution, None)
         if execution.job_id is not None and self._tracked.get(execution.job_id) is execution:
             del self._tracked[execution.job_id]
         if not self._live and self._idle_waiters:
@@ -270,7 +337,7 @@ class SlurmTaskExecutor:
     def _tick(self) -> Deferred[None] | None:
         if self._polling:
             return None
-        if not self._tracked and not self._cancel_queue:
+        if not self._tracked and not self._cancel_queue and not self._searching:
             self._loop.stop()
             return None
         self._polling = True
@@ -279,7 +346,7 @@ class SlurmTaskExecutor:
 
         def done(_: Any) -> None:
             self._polling = False
-            if self._stopped or (not self._tracked and not self._cancel_queue):
+            if self._stopped or not (self._tracked or self._cancel_queue or self._searching):
                 if self._loop.running:
                     self._loop.stop()
 
@@ -309,7 +376,11 @@ class SlurmTaskExecutor:
 
     async def _poll(self) -> None:
         await self._send_cancels()
-        if not self._tracked or self._reactor.seconds() < self._quiet_until:
+        if self._reactor.seconds() < self._quiet_until:
+            return
+        if self._searching:
+            await self._search()
+        if not self._tracked:
             return
         ids = list(self._tracked)
         if len(ids) <= MAX_IDS_PER_CALL:
@@ -383,6 +454,46 @@ class SlurmTaskExecutor:
             elif sacct_worked or scontrol_worked:
                 execution.missing(now, self._lost_job_seconds)
 
+    async def _search(self) -> None:
+        """Find by name the jobs of re-attached attempts whose job id was never recorded:
+        one squeue and one sacct per batch of names.  Found jobs are tracked; attempts
+        Slurm has no job for are submitted now.  A failed query decides nothing."""
+        searching = list(self._searching)
+        names = sorted({execution.job_name for execution in searching})
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(names), MAX_NAMES_PER_CALL):
+            chunk = ",".join(names[start:start + MAX_NAMES_PER_CALL])
+            sacct_args = ["-n", "-P", "-X", "-S", SEARCH_SACCT_START, f"--name={chunk}",
+                          "--format=JobID,JobName,State"]
+            if self._sacct_completion:
+                sacct_args.insert(0, "-c")
+            queries = (("squeue", ["-h", "-t", "all", "-o", "%i|%j|%T", "-n", chunk]),
+                       ("sacct", sacct_args))
+            for command, args in queries:
+                result = await self.run_command(command, args)
+                if not result.ok:
+                    self._no_news(command, result)
+                    return
+                # Filtered here too: `sacct -c` ignores --name.
+                for name, ids in parse_named_jobs(result.stdout).items():
+                    found.setdefault(name, set()).update(ids)
+        self._news()
+        for execution in searching:
+            if execution.ended or execution not in self._searching:
+                continue
+            del self._searching[execution]
+            candidates = found.get(execution.job_name, set()) - execution.not_these
+            candidates -= set(self._tracked)
+            if candidates:
+                execution.found(max(candidates, key=_job_id_order))
+            elif execution.kill_requested:
+                execution.finish(succeeded=False, rc=None, killed=True,
+                                 log=f"not submitted: {execution.kill_requested}")
+            else:
+                self.log.info("Slurm has no job for {label} (the daemon stopped before it "
+                              "was submitted): submitting it now", label=execution.label)
+                execution.submit()
+
     def _no_news(self, command: str, result: CommandResult) -> None:
         self._poll_failures += 1
         delay = min(self._poll_interval * 2 ** self._poll_failures, self._max_backoff)
@@ -399,6 +510,10 @@ class SlurmTaskExecutor:
         self._quiet_until = 0.0
 
 
+def _job_id_order(job_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in job_id.split("_") if part.isdigit())
+
+
 def _user_name() -> str:
     import pwd
 
@@ -411,15 +526,25 @@ class SlurmExecution:
     log = Logger()
 
     def __init__(self, executor: SlurmTaskExecutor, label: str, start_time: float, *,
-                 stdout_pattern: str, stderr_pattern: str) -> None:
+                 stdout_pattern: str, stderr_pattern: str, job_name: str = "",
+                 argv: list[str] | None = None, script: bytes = b"") -> None:
         self.result: Deferred[Attempt] = Deferred()
         self.started: Deferred[dict[str, Any]] = Deferred()
         self.job_id: str | None = None
+        self.job_name = job_name
+        self.argv = argv or []
+        self.script = script
         self.stdout_pattern = stdout_pattern
         self.stderr_pattern = stderr_pattern
+        #: job ids of the task's earlier attempts (never this attempt's job).
+        self.not_these: set[str] = set()
         self._executor = executor
         self._reactor = executor._reactor
-        self._label = label
+        self.label = label
+        #: True while this attempt's sbatch process runs.
+        self.sbatch_running = False
+        #: What ``started`` reported: found again after a restart, kept in the attempt.
+        self.executor_state: dict[str, Any] = {}
         self._start_time = start_time
         self._tries = 0
         self._retry_call: Any = None
@@ -430,42 +555,47 @@ class SlurmExecution:
 
     # submission
 
-    def submit(self, argv: list[str], script: bytes) -> None:
+    def submit(self) -> None:
         self._tries += 1
-        d = self._executor.run_command("sbatch", argv, script)
-        d.addCallback(self._submitted, argv, script)
-        d.addErrback(self._bug)
+        self._executor.sbatch(self)
 
-    def _submitted(self, result: CommandResult, argv: list[str], script: bytes) -> None:
+    def submitted(self, result: CommandResult) -> None:
+        """sbatch ended (or timed out)."""
+        self.sbatch_running = False
         job_id = result.stdout.strip().split(";")[0] if result.ok else ""
         if job_id.isdigit() or (job_id and job_id.replace("_", "").isdigit()):
-            self.job_id = job_id
-            stdout = self.stdout_pattern.replace("%j", job_id)
-            stderr = self.stderr_pattern.replace("%j", job_id)
-            self.stdout_pattern, self.stderr_pattern = stdout, stderr
-            self.log.debug("submitted {label} as Slurm job {job}", label=self._label, job=job_id)
-            self.started.callback({"jobId": job_id, "stdout": stdout, "stderr": stderr})
-            self._executor.track(job_id, self)
-            if self._kill_reason is not None:
-                reason, self._kill_reason = self._kill_reason, None
-                self.kill(reason)
+            self.log.debug("submitted {label} as Slurm job {job}", label=self.label, job=job_id)
+            self.found(job_id)
             return
         why = result.describe() if not result.ok else f"unexpected output {result.stdout!r}"
         delay = self._executor.submit_delay(self._tries)
         if self._kill_reason is not None or delay is None:
             killed = self._kill_reason is not None
-            self.log.warn("could not submit {label}: {why}", label=self._label, why=why)
+            self.log.warn("could not submit {label}: {why}", label=self.label, why=why)
             self.finish(succeeded=False, rc=None, killed=killed,
                         log=(f"not submitted: {self._kill_reason}" if killed else
                              f"sbatch failed {self._tries} times; last: {why}"))
             return
         self.log.info("sbatch for {label} failed ({why}); try {next} in {delay}s",
-                      label=self._label, why=why, next=self._tries + 1, delay=delay)
-        self._retry_call = self._reactor.callLater(delay, self._retry, argv, script)
+                      label=self.label, why=why, next=self._tries + 1, delay=delay)
+        self._retry_call = self._reactor.callLater(delay, self._retry)
 
-    def _retry(self, argv: list[str], script: bytes) -> None:
+    def _retry(self) -> None:
         self._retry_call = None
-        self.submit(argv, script)
+        self.submit()
+
+    def found(self, job_id: str) -> None:
+        """This attempt is Slurm job ``job_id`` (sbatch answered, or a search found it)."""
+        self.job_id = job_id
+        stdout = self.stdout_pattern.replace("%j", job_id)
+        stderr = self.stderr_pattern.replace("%j", job_id)
+        self.stdout_pattern, self.stderr_pattern = stdout, stderr
+        self.executor_state = {"jobId": job_id, "stdout": stdout, "stderr": stderr}
+        self.started.callback(dict(self.executor_state))
+        self._executor.track(job_id, self)
+        if self._kill_reason is not None:
+            reason, self._kill_reason = self._kill_reason, None
+            self.kill(reason)
 
     # polling outcomes
 
@@ -477,7 +607,7 @@ class SlurmExecution:
         if self._warned_state != status.state:
             self._warned_state = status.state
             self.log.warn("Slurm job {job} of {label} is in unknown state {state}; still "
-                          "watching it", job=self.job_id, label=self._label, state=status.state)
+                          "watching it", job=self.job_id, label=self.label, state=status.state)
 
     def missing(self, now: float, give_up_after: float) -> None:
         if self._missing_since is None:
@@ -497,6 +627,11 @@ class SlurmExecution:
         self.finish(succeeded=succeeded, rc=rc, killed=killed,
                     timed_out=status.state == "TIMEOUT", log=text)
 
+    @property
+    def kill_requested(self) -> str | None:
+        """Why a kill was asked for while there was no job to cancel yet."""
+        return self._kill_reason
+
     # the Execution interface
 
     def kill(self, reason: str) -> None:
@@ -508,6 +643,10 @@ class SlurmExecution:
         if self._retry_call is not None:
             self._retry_call.cancel()
             self._retry_call = None
+            self.finish(succeeded=False, rc=None, killed=True, log=f"not submitted: {reason}")
+        elif self.job_id is None and not self.sbatch_running:
+            if self._executor.is_searching(self) and reason != SHUTDOWN_REASON:
+                return  # a job the search finds is cancelled then; none found, none submitted
             self.finish(succeeded=False, rc=None, killed=True, log=f"not submitted: {reason}")
         elif self.job_id is not None:
             self._executor.cancel(self.job_id)
@@ -534,8 +673,8 @@ class SlurmExecution:
             succeeded=succeeded, output_log=output, error_log=errors, executor_log=log,
             killed=killed, timed_out=timed_out, output_truncated=output_cut,
             error_truncated=errors_cut,
-            executor_state={"jobId": self.job_id} if self.job_id else {}))
+            executor_state=dict(self.executor_state)))
 
-    def _bug(self, failure: Any) -> None:
-        self.log.failure("submitting {label} failed unexpectedly", failure, label=self._label)
+    def bug(self, failure: Any) -> None:
+        self.log.failure("submitting {label} failed unexpectedly", failure, label=self.label)
         self.finish(succeeded=False, rc=None, log=f"internal error: {failure.getErrorMessage()}")

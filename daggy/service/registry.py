@@ -225,6 +225,7 @@ def _build_slurm_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
         max_backoff_seconds=float(config["maxBackoffSeconds"]),
         lost_job_seconds=float(config["lostJobSeconds"]),
         sacct_completion=config["sacctCompletion"],
+        max_parallel_submits=config["maxParallelSubmits"],
     )
 
 
@@ -256,6 +257,7 @@ EXECUTORS: dict[str, Component] = {
             "maxBackoffSeconds": Setting(60, bounded_number(86400)),
             "lostJobSeconds": Setting(600, bounded_number(30 * 86400)),
             "sacctCompletion": Setting(False, _boolean),
+            "maxParallelSubmits": Setting(8, positive_integer),
         },
         build=_build_slurm_executor,
     ),

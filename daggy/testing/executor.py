@@ -18,6 +18,14 @@ class FakeExecution:
         self.result: defer.Deferred = defer.Deferred()
         self.kill_reasons: list[str] = []
         self.start_time = executor.clock.seconds()
+        if executor.reports_started:
+            #: Fired by :meth:`report_started` with the executor state the runner records.
+            self.started: defer.Deferred = defer.Deferred()
+
+    def report_started(self, executor_state: dict) -> None:
+        """Report what a restarted daemon needs to find this attempt again."""
+        self.executor_state = executor_state
+        self.started.callback(executor_state)
 
     def finish(self, rc: int = 0, output: str = "", error: str = "", killed: bool = False,
                timed_out: bool = False, log: str | None = None) -> None:
@@ -28,7 +36,8 @@ class FakeExecution:
             start_time=self.start_time, stop_time=now, rc=rc,
             succeeded=rc == 0 and not killed and not timed_out, output_log=output,
             error_log=error, executor_log=log if log is not None else f"exited with code {rc}",
-            killed=killed, timed_out=timed_out))
+            killed=killed, timed_out=timed_out,
+            executor_state=dict(getattr(self, "executor_state", None) or {})))
 
     def kill(self, reason: str) -> None:
         self.kill_reasons.append(reason)
@@ -41,8 +50,11 @@ class FakeExecutor:
 
     templatable_fields = ("command", "environment", "workDir")
 
-    def __init__(self, clock, capacity: int | None = 2, kill_ends_attempt: bool = True):
+    def __init__(self, clock, capacity: int | None = 2, kill_ends_attempt: bool = True,
+                 reports_started: bool = False):
         self.clock = clock
+        #: Whether executions have a ``started`` Deferred (fired by ``report_started``).
+        self.reports_started = reports_started
         self.capacity = capacity
         self.kill_ends_attempt = kill_ends_attempt
         self.running: list[FakeExecution] = []
@@ -65,12 +77,14 @@ class FakeExecutor:
         self.started.append(execution)
         return execution
 
-    def reattach(self, run_id: int, task_name: str, job: dict, executor_state: dict):
+    def reattach(self, run_id: int, task_name: str, job: dict, executor_state: dict,
+                 earlier_states: list[dict] = ()):
         """Finds again the attempts listed in ``reattachable`` (by task name)."""
         if task_name not in self.reattachable:
             return None
         execution = FakeExecution(self, run_id, task_name, job)
         execution.executor_state = executor_state
+        execution.earlier_states = list(earlier_states)
         self.running.append(execution)
         return execution
 

@@ -27,7 +27,14 @@ from daemon_harness import (
     write_config,
 )
 from slurm_harness import SlurmCluster
-from test_redis_daemon import Daggyds, daggyds, ready_status, redis_logger, unique_prefix  # noqa: F401
+from test_redis_daemon import (  # noqa: F401
+    Daggyds,
+    daggyds,
+    ready_status,
+    redis_logger,
+    stored_hash,
+    unique_prefix,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +145,65 @@ def test_slurm_jobs_outlive_kill_9_and_are_not_submitted_twice(
     in_slurm = finished_jobs_named(slurm_cluster, run_jobs)
     assert sorted(in_slurm) == sorted(recorded.values()), (in_slurm, recorded)
     assert all(state == "COMPLETED" for _, state in in_slurm.values()), in_slurm
+
+
+def held_sbatch(directory: Path, real_sbatch: str) -> tuple[Path, Path, Path]:
+    """An sbatch wrapper that submits for real, logs the job id, then keeps its answer back
+    while a hold file exists: the job is in Slurm but daggyd has not heard of it.
+    Returns (wrapper, hold file, log)."""
+    hold, log = directory / "hold", directory / "sbatch.log"
+    wrapper = directory / "sbatch"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'out=$("{real_sbatch}" "$@"); rc=$?\n'
+        f'echo "$out" >> "{log}"\n'
+        f'while [ -e "{hold}" ]; do sleep 0.05; done\n'
+        'echo "$out"; exit $rc\n')
+    wrapper.chmod(0o755)
+    return wrapper, hold, log
+
+
+def test_kill_9_before_the_job_id_is_recorded_submits_nothing_twice(
+        session_redis_server, slurm_cluster, daggyds, job_output_dir, tmp_path):
+    """kill -9 while sbatch has submitted one task's job but not yet answered, with a second
+    task still waiting for an sbatch slot: after a restart the first task's job is found by
+    its name and watched (not submitted again), the second is submitted once, and the run
+    completes with exactly one Slurm job per task."""
+    job_prefix = f"dgw{uuid.uuid4().hex[:8]}"
+    wrapper, hold, sbatch_log = held_sbatch(tmp_path, slurm_cluster.programs["sbatch"])
+    hold.touch()
+    executor = {"sacctCompletion": True, "pollIntervalSeconds": 0.5,
+                "outputDir": str(job_output_dir), "jobNamePrefix": job_prefix,
+                "maxParallelSubmits": 1, "commandPaths": {"sbatch": str(wrapper)}}
+    redis_prefix = unique_prefix("slurm-window")
+    logger = redis_logger(session_redis_server, redis_prefix)
+    first = start_slurm_daggyd(daggyds, slurm_cluster, executor, logger)
+    names = ("held", "waiting")
+    run_id = first.submit({"tag": "slurm-window", "tasks": {
+        name: {"job": {"command": ["sh", "-c", "echo done-$0", name]}} for name in names}})
+    task_states = f"{redis_prefix}:run:{run_id}:taskStates"
+    wait_until(lambda: sbatch_log.exists() and sbatch_log.read_text().strip(),
+               "the first sbatch to submit its job", RUN_SECONDS)
+    wait_until(lambda: stored_hash(session_redis_server, task_states)
+               == {name: "RUNNING" for name in names},
+               "both tasks to be stored RUNNING", RUN_SECONDS)
+    daggyds.kill9(first)
+    hold.unlink()
+    [held_job] = sbatch_log.read_text().split()
+    assert stored_hash(session_redis_server,
+                       f"{redis_prefix}:run:{run_id}:taskExecutorStates") == {}
+
+    second = start_slurm_daggyd(daggyds, slurm_cluster, executor, logger)
+    run = second.wait_run(run_id, seconds=RUN_SECONDS)
+
+    assert run["state"] == "COMPLETED", run
+    attempts = {}
+    for name in names:
+        [attempt] = run["taskAttempts"][name]
+        assert (attempt["rc"], attempt["outputLog"]) == (0, f"done-{name}\n"), (name, attempt)
+        attempts[name] = attempt["executorState"]["jobId"]
+    assert attempts["held"] == held_job
+    submitted = sbatch_log.read_text().split()
+    assert sorted(submitted) == sorted(attempts.values()), (submitted, attempts)
+    in_slurm = finished_jobs_named(slurm_cluster, f"{job_prefix}.{run_id}.")
+    assert sorted(in_slurm) == sorted(submitted), in_slurm

@@ -336,6 +336,34 @@ def test_recovery_reattaches_when_the_executor_can(harness):
     harness.turn()
 
 
+def test_recovery_does_not_mistake_an_earlier_attempts_state_for_the_running_one():
+    """A retried task whose new attempt died with the daemon before reporting its executor
+    state is re-attached with an empty state and the earlier attempts' states, not with the
+    state of the attempt that already ended."""
+    before = Harness(reports_started=True)
+    run_id = before.submit({"tasks": {"a": {"job": job(), "maxRetries": 1}}})
+    before.executor.find("a").report_started({"jobId": "41"})
+    before.finish("a", rc=1)
+    before.clock.advance(1)
+    before.turn()
+    assert before.running_names() == ["a"]  # the retry, which never reports its state
+    after = Harness(reports_started=True)
+    after.clock.advance(before.clock.seconds())
+    after.store = before.store
+    after.executor.reattachable = {"a"}
+    after.runner = RunManager(after.clock, after.executor, after.store)
+    result_of(after.runner.recover())
+    [reattached] = after.executor.running
+    assert (reattached.executor_state, reattached.earlier_states) == ({}, [{"jobId": "41"}])
+    reattached.report_started({"jobId": "42"})
+    after.finish("a")
+    attempts = after.run(run_id)["taskAttempts"]["a"]
+    assert [a["executorState"] for a in attempts] == [{"jobId": "41"}, {"jobId": "42"}]
+    assert after.run_state(run_id) == "COMPLETED"
+    before.runner.kill_run(run_id)
+    before.turn()
+
+
 def test_recovery_keeps_used_retries_and_generated_wiring(harness):
     """Recovered tasks keep the retries they used, and generated tasks still run before
     their generator's children."""

@@ -190,7 +190,7 @@ def test_submission_argv_script_and_started(reactor, tmp_path):
     sbatch = reactor.last_process
     out = str(tmp_path / "out" / "run-7" / "_evil_task")
     assert sbatch.args == [
-        "/usr/bin/sbatch", "--parsable", "--job-name=daggy.7..._evil_task",
+        "/usr/bin/sbatch", "--parsable", "--job-name=daggy.7..._evil_task~e93e53d5",
         f"--output={out}.%j.out", f"--error={out}.%j.err", "--partition=batch",
         "--account=acct", "--chdir=/w", "--cpus-per-task=2", "--mem=50M",
         "--time=0-00:01:30", "--no-requeue", "--exclusive",
@@ -307,7 +307,7 @@ def test_vanished_job_resolved_by_sacct_with_outputs(reactor, tmp_path):
     assert (attempt.succeeded, attempt.rc) == (False, 3)
     assert (attempt.output_log, attempt.error_log) == ("hello\n", "oops\n")
     assert attempt.executor_log == "Slurm job 12 failed (state FAILED, exit code 3)"
-    assert attempt.executor_state == {"jobId": "12"}
+    assert attempt.executor_state == paths  # what a restarted daemon compares
 
 
 def test_output_is_bounded(reactor, tmp_path):
@@ -450,10 +450,113 @@ def test_reattach_watches_the_job_without_resubmitting(reactor, tmp_path):
     assert executor.command_counts["sbatch"] == 0
 
 
-def test_reattach_without_job_id_gives_none(reactor, tmp_path):
-    """Without a recorded job id there is nothing to watch again."""
+def reattach_unrecorded(executor, earlier=({"jobId": "41"},)):
+    """Re-attach task "t" of run 3 whose running attempt never recorded a job id."""
+    return executor.reattach(3, "t", {"command": ["true"]}, {}, list(earlier))
+
+
+def test_reattach_without_job_id_finds_the_job_by_name(reactor, tmp_path):
+    """When the daemon died before recording the job id, the job is found by its name (the
+    earlier attempt's job of the same name is ignored) and watched; nothing is submitted."""
+    executor = make_executor(reactor, tmp_path, sacct_completion=True)
+    execution = reattach_unrecorded(executor)
+    assert not execution.started.called
+    tick(reactor, executor)
+    squeue = answer(reactor, "squeue", "41|daggy.3.t|FAILED\n42|daggy.3.t|RUNNING\n"
+                                       "43|daggy.3.other|RUNNING\n")
+    assert squeue.args[-2:] == ["-n", "daggy.3.t"]
+    sacct = answer(reactor, "sacct", "41|daggy.3.t|FAILED\n7|daggy.9.x|COMPLETED\n")
+    assert sacct.args[:2] == ["/usr/bin/sacct", "-c"] and "--name=daggy.3.t" in sacct.args
+    assert result_of(execution.started)["jobId"] == "42"
+    answer(reactor, "squeue", "42|COMPLETED|None\n")
+    answer(reactor, "sacct", "42|COMPLETED|0:0\n")
+    attempt = result_of(execution.result)
+    assert attempt.succeeded and attempt.executor_state["jobId"] == "42"
+    assert executor.command_counts["sbatch"] == 0
+
+
+def test_reattach_without_job_id_submits_when_slurm_has_no_job(reactor, tmp_path):
+    """When neither squeue nor sacct knows a job of that name (the daemon died before
+    sbatch ran), the attempt is submitted then, once."""
     executor = make_executor(reactor, tmp_path)
-    assert executor.reattach(3, "t", {"command": ["true"]}, {}) is None
+    execution = reattach_unrecorded(executor)
+    tick(reactor, executor)
+    answer(reactor, "squeue", "41|daggy.3.t|COMPLETED\n")
+    answer(reactor, "sacct", "41|daggy.3.t|COMPLETED\n")
+    sbatch = reactor.last_process
+    assert "--job-name=daggy.3.t" in sbatch.args
+    sbatch.send_stdout(b"50\n")
+    sbatch.exit(0)
+    assert result_of(execution.started)["jobId"] == "50"
+    assert executor.command_counts["sbatch"] == 1
+    execution.kill("run killed by request")
+    tick(reactor, executor)
+    assert answer(reactor, "scancel").args == ["/usr/bin/scancel", "50"]
+    answer(reactor, "squeue", "50|CANCELLED|None\n")
+    answer(reactor, "sacct", "50|CANCELLED|0:15\n")
+    assert result_of(execution.result).killed
+
+
+def test_search_by_name_decides_nothing_when_slurm_does_not_answer(reactor, tmp_path,
+                                                                   no_logged_errors):
+    """A failed squeue during the search is no news: nothing is submitted, the search is
+    tried again after the backoff and a kill meanwhile ends the attempt unsubmitted."""
+    executor = make_executor(reactor, tmp_path)
+    execution = reattach_unrecorded(executor)
+    tick(reactor, executor)
+    answer(reactor, "squeue", rc=1, stderr="Socket timed out on send/recv operation\n")
+    assert executor.command_counts == {"sbatch": 0, "squeue": 1, "sacct": 0, "scontrol": 0,
+                                       "scancel": 0}
+    reactor.advance(2)
+    answer(reactor, "squeue", "")
+    answer(reactor, "sacct", rc=1, stderr="sacct: error: Problem talking to the database\n")
+    assert not execution.result.called
+    execution.kill("run killed by request")
+    assert not execution.result.called  # the job may exist: the search must say
+    reactor.advance(8)
+    answer(reactor, "squeue", "")
+    answer(reactor, "sacct", "")
+    attempt = result_of(execution.result)
+    assert attempt.killed and attempt.executor_log == "not submitted: run killed by request"
+    assert executor.command_counts["sbatch"] == 0
+
+
+def test_stop_ends_a_search_by_name_at_once(reactor, tmp_path):
+    """Stopping the executor does not wait for a search that has not run yet."""
+    executor = make_executor(reactor, tmp_path)
+    execution = reattach_unrecorded(executor)
+    stopped = executor.stop()
+    assert result_of(execution.result).killed
+    result_of(stopped)
+
+
+def test_at_most_max_parallel_submits_sbatch_processes(reactor, tmp_path):
+    """Beyond max_parallel_submits, submissions wait in order for a free sbatch; a waiting
+    attempt that is killed is never submitted."""
+    executor = make_executor(reactor, tmp_path, max_parallel_submits=2)
+    executions = [executor.start(1, f"t{i}", {"command": ["true"]}) for i in range(4)]
+    sbatches = list(reactor.processes)
+    assert len(sbatches) == 2
+    executions[2].kill("run killed by request")
+    assert result_of(executions[2].result).executor_log == "not submitted: run killed by request"
+    sbatches[0].send_stdout(b"10\n")
+    sbatches[0].exit(0)
+    assert len(reactor.processes) == 3
+    assert "--job-name=daggy.1.t3" in reactor.last_process.args
+    sbatches[1].send_stdout(b"11\n")
+    sbatches[1].exit(0)
+    answer(reactor, "sbatch", "13\n")
+    assert [result_of(executions[i].started)["jobId"] for i in (0, 1, 3)] == ["10", "11", "13"]
+    assert executor.command_counts["sbatch"] == 3
+    executor.stop()
+    answer(reactor, "scancel")
+
+
+def test_max_parallel_submits_must_be_positive(tmp_path):
+    """A zero or non-integer maxParallelSubmits is refused when the executor is built."""
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="maxParallelSubmits"):
+            make_executor(FakeProcessReactor(), tmp_path, max_parallel_submits=bad)
 
 
 def test_polls_never_overlap(reactor, tmp_path):
