@@ -358,28 +358,33 @@ class SlurmTaskExecutor:
         self._cancel_queue.clear()
         if not ids:
             return succeed(None)
-        d = self.run_command("scancel", ids)
-
-        def check(result: CommandResult) -> None:
-            # rc 1 is normal when one of the jobs already finished; only a command that did
-            # not run at all leaves the jobs to cancel again.
-            if result.rc is None:
-                self.log.warn("scancel of {count} jobs failed ({why}); trying again",
-                              count=len(ids), why=result.describe())
-                for job_id in ids:
-                    if job_id in self._tracked:
-                        self._cancel_queue[job_id] = None
-
-        d.addCallback(check)
+        d = ensureDeferred(self._cancel(ids))
         d.addErrback(lambda failure: self.log.failure("scancel failed", failure))
         return d
 
+    async def _cancel(self, ids: list[str]) -> None:
+        if len(ids) > 1:
+            # Pending jobs first.  Cancelling running jobs frees CPUs, slurmctld may then
+            # start a pending job of the same list, and that job's launch can overtake its
+            # cancel: seen with Slurm 22.05, the job then ran to its end, cancelled.
+            await self.run_command("scancel", ["--state=PENDING", *ids])
+        result = await self.run_command("scancel", ids)
+        # rc 1 is normal when one of the jobs already finished; only a command that did
+        # not run at all leaves the jobs to cancel again.
+        if result.rc is None:
+            self.log.warn("scancel of {count} jobs failed ({why}); trying again",
+                          count=len(ids), why=result.describe())
+            for job_id in ids:
+                if job_id in self._tracked:
+                    self._cancel_queue[job_id] = None
+
     async def _poll(self) -> None:
         await self._send_cancels()
-        if self._reactor.seconds() < self._quiet_until:
+        tick_time = self._reactor.seconds()
+        if tick_time < self._quiet_until:
             return
         if self._searching:
-            await self._search()
+            await self._search(tick_time)
         if not self._tracked:
             return
         ids = list(self._tracked)
@@ -393,7 +398,7 @@ class SlurmTaskExecutor:
         elif result.rc == 1 and "Invalid job id" in result.stderr:
             listed = {}  # every id asked about has been purged from the controller
         else:
-            self._no_news("squeue", result)
+            self._no_news("squeue", result, tick_time)
             return
         self._news()
         to_resolve: list[str] = []
@@ -454,7 +459,7 @@ class SlurmTaskExecutor:
             elif sacct_worked or scontrol_worked:
                 execution.missing(now, self._lost_job_seconds)
 
-    async def _search(self) -> None:
+    async def _search(self, tick_time: float) -> None:
         """Find by name the jobs of re-attached attempts whose job id was never recorded:
         one squeue and one sacct per batch of names.  Found jobs are tracked; attempts
         Slurm has no job for are submitted now.  A failed query decides nothing."""
@@ -472,7 +477,7 @@ class SlurmTaskExecutor:
             for command, args in queries:
                 result = await self.run_command(command, args)
                 if not result.ok:
-                    self._no_news(command, result)
+                    self._no_news(command, result, tick_time)
                     return
                 # Filtered here too: `sacct -c` ignores --name.
                 for name, ids in parse_named_jobs(result.stdout).items():
@@ -494,10 +499,12 @@ class SlurmTaskExecutor:
                               "was submitted): submitting it now", label=execution.label)
                 execution.submit()
 
-    def _no_news(self, command: str, result: CommandResult) -> None:
+    def _no_news(self, command: str, result: CommandResult, tick_time: float) -> None:
         self._poll_failures += 1
         delay = min(self._poll_interval * 2 ** self._poll_failures, self._max_backoff)
-        self._quiet_until = self._reactor.seconds() + delay
+        # Counted from the tick that ran the failed command, with half an interval of slack,
+        # so the tick ``delay`` later polls again (the command itself took time).
+        self._quiet_until = tick_time + delay - self._poll_interval / 2
         if self._poll_failures == 1:
             self.log.warn("{command} failed ({why}); no news about Slurm jobs, polling less "
                           "often until it works again", command=command, why=result.describe())

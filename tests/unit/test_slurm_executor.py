@@ -361,6 +361,25 @@ def test_squeue_failure_is_no_news_and_backs_off(reactor, tmp_path, no_logged_er
     assert result_of(execution.result).succeeded
 
 
+def test_backoff_counts_from_the_failed_tick_not_from_the_answer(reactor, tmp_path,
+                                                                 no_logged_errors):
+    """A slow failing squeue still gives waits of exactly 2x, 4x the interval between polls:
+    the time squeue took is not added to the backoff."""
+    executor = make_executor(reactor, tmp_path, poll_interval=1, max_backoff_seconds=60)
+    submit(reactor, executor, job_id="12")
+    poll_times = []
+    for _ in range(3):
+        while executor.command_counts["squeue"] == len(poll_times):
+            reactor.advance(0.1)
+        poll_times.append(reactor.seconds())
+        reactor.advance(0.3)  # squeue answers slowly
+        answer(reactor, "squeue", rc=1, stderr="Socket timed out\n")
+    gaps = [b - a for a, b in zip(poll_times, poll_times[1:])]
+    assert gaps == pytest.approx([2, 4], abs=0.15)
+    executor.stop()
+    answer(reactor, "scancel")
+
+
 def test_pending_and_running_jobs_keep_waiting(reactor, tmp_path):
     """Active states do not end the attempt and start no resolution call."""
     executor = make_executor(reactor, tmp_path)
@@ -405,13 +424,17 @@ def test_job_unknown_everywhere_is_failed_after_lost_job_seconds(reactor, tmp_pa
 
 
 def test_kills_are_batched_into_one_scancel(reactor, tmp_path):
-    """Kills in one tick become one scancel; results fire once Slurm reports CANCELLED."""
+    """Kills in one tick become one scancel of the pending jobs among them, then one of all
+    (so no pending job starts because a running one was cancelled first); results fire
+    once Slurm reports CANCELLED."""
     executor = make_executor(reactor, tmp_path)
     first = submit(reactor, executor, task="a", job_id="1")
     second = submit(reactor, executor, task="b", job_id="2")
     first.kill("run killed by request")
     second.kill("run killed by request")
     tick(reactor, executor)
+    pending = answer(reactor, "scancel")
+    assert pending.args == ["/usr/bin/scancel", "--state=PENDING", "1", "2"]
     scancel = answer(reactor, "scancel")
     assert scancel.args == ["/usr/bin/scancel", "1", "2"]
     answer(reactor, "squeue", "1|CANCELLED|None\n2|COMPLETED|None\n")
@@ -419,14 +442,17 @@ def test_kills_are_batched_into_one_scancel(reactor, tmp_path):
     killed = result_of(first.result)
     assert killed.killed and killed.executor_log.endswith("; run killed by request")
     assert result_of(second.result).succeeded  # it finished before the cancel landed
-    assert executor.command_counts["scancel"] == 1
+    assert executor.command_counts["scancel"] == 2
 
 
 def test_stop_cancels_everything_in_one_call(reactor, tmp_path):
-    """stop() sends one scancel for every job and fires once all attempts ended."""
+    """stop() sends one scancel for every job (pending ones first) and fires once all
+    attempts ended."""
     executor = make_executor(reactor, tmp_path)
     executions = [submit(reactor, executor, task=f"t{i}", job_id=str(i)) for i in range(3)]
     stopped = executor.stop()
+    assert answer(reactor, "scancel").args == ["/usr/bin/scancel", "--state=PENDING", "0", "1",
+                                               "2"]
     assert reactor.last_process.args == ["/usr/bin/scancel", "0", "1", "2"]
     answer(reactor, "scancel")
     result_of(stopped)
@@ -549,6 +575,7 @@ def test_at_most_max_parallel_submits_sbatch_processes(reactor, tmp_path):
     assert [result_of(executions[i].started)["jobId"] for i in (0, 1, 3)] == ["10", "11", "13"]
     assert executor.command_counts["sbatch"] == 3
     executor.stop()
+    answer(reactor, "scancel")
     answer(reactor, "scancel")
 
 
