@@ -5,12 +5,13 @@ The split follows buildbot's RunProcessPP/RunProcess: :class:`_ProcessAdapter` i
 ``ProcessProtocol`` forwarding every event to one :class:`ForkedExecution`, which owns the
 output buffers, the timers and the result Deferred.
 
-Why ``setsid``: ``reactor.spawnProcess`` has no way to run code in the child before
-``exec``, so it cannot put the child in a new process group.  We therefore exec
-``/usr/bin/setsid -- <command...>``.  The forked child is never a process-group leader, so
-setsid calls ``setsid()`` in place (no extra fork) and then ``execvp``s the command: the
-task keeps the pid we spawned, its pid is its process-group id, and it sees exactly the
-``argv`` the job gave (``argv[0]`` included), looked up in the job's ``PATH``.
+Every task leads a new session, so its pid is its process-group id and a kill reaches its
+whole group.  On a real reactor :mod:`daggy.executors._spawn` spawns it that way directly
+(``posix_spawn`` with ``setsid``).  Elsewhere (fake reactors in tests, a Twisted without the
+hooks that module needs) ``reactor.spawnProcess`` runs ``/usr/bin/setsid -- <command...>``:
+the forked child is never a group leader, so setsid calls ``setsid()`` in place and then
+``execvp``s the command, keeping the pid.  Either way the task sees exactly the ``argv`` the
+job gave (``argv[0]`` included), with the program looked up in the job's ``PATH``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daggy.executors._spawn import can_spawn_session_leaders, spawn_session_leader
 from daggy.executors._process import (
     BoundedOutput,
     FinishedExecution,
@@ -87,7 +89,8 @@ class ForkingTaskExecutor:
     :param environ: the environment every task starts from (default: a snapshot of
         ``os.environ`` taken now); the job's ``environment`` is laid over it.
     :param kill_group: ``os.killpg``-compatible; tests inject a fake.
-    :param setsid_path: the util-linux ``setsid`` that puts each task in a new session.
+    :param setsid_path: the util-linux ``setsid`` that puts each task in a new session when
+        the reactor cannot spawn session leaders itself.
     """
 
     log = Logger()
@@ -121,7 +124,7 @@ class ForkingTaskExecutor:
         self._kill_grace_seconds = float(kill_grace_seconds)
         self._environ = dict(os.environ if environ is None else environ)
         self._kill_group = kill_group
-        self._setsid_path = setsid_path
+        self._setsid_path = None if can_spawn_session_leaders(reactor) else setsid_path
         self._running: set[ForkedExecution] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
@@ -164,9 +167,10 @@ class ForkingTaskExecutor:
             if work_dir is not None:
                 check_work_dir(work_dir)
                 cwd = os.path.join(cwd, work_dir)
-            find_program(self._setsid_path, None, cwd)
-            # The lookup setsid's execvp will do, done here so a typo is reported plainly.
-            find_program(command[0], environment.get("PATH"), cwd)
+            if self._setsid_path is not None:
+                find_program(self._setsid_path, None, cwd)
+            # The lookup execvp would do, done here so a typo is reported plainly.
+            program = find_program(command[0], environment.get("PATH"), cwd)
         except (ProgramNotFound, OSError) as e:
             return self._spawn_failed(label, start_time, str(e))
 
@@ -181,7 +185,7 @@ class ForkingTaskExecutor:
             on_ended=self._execution_ended,
         )
         try:
-            execution.spawn(self._setsid_path, command, environment, work_dir)
+            execution.spawn(program, command, environment, work_dir, self._setsid_path)
         except (OSError, ValueError) as e:
             # OSError: fork or pipe limits; ValueError: e.g. a NUL byte in an argument that
             # came from a parameter value.
@@ -310,18 +314,20 @@ class ForkedExecution:
         """The task's pid (also its process-group id); ``None`` before it was spawned."""
         return self._pgid
 
-    def spawn(
-        self, setsid_path: str, command: list[str], env: dict[str, str], work_dir: str | None
-    ) -> None:
-        """Start the process; exceptions from ``spawnProcess`` propagate to the caller."""
+    def spawn(self, program: str, command: list[str], env: dict[str, str],
+              work_dir: str | None, setsid_path: str | None) -> None:
+        """Start the process (``program`` is ``command[0]`` found in the job's PATH; with a
+        ``setsid_path`` that helper execs the command); exceptions from spawning propagate
+        to the caller."""
+        protocol = _ProcessAdapter(self)
         try:
-            transport = self._reactor.spawnProcess(
-                _ProcessAdapter(self),
-                setsid_path,
-                [setsid_path, "--", *command],
-                env=env,
-                path=work_dir,
-            )
+            if setsid_path is None:
+                transport = spawn_session_leader(self._reactor, protocol, program, command,
+                                                 env, work_dir)
+            else:
+                transport = self._reactor.spawnProcess(
+                    protocol, setsid_path, [setsid_path, "--", *command], env=env,
+                    path=work_dir)
         except BaseException:
             # A late processEnded from a half-started process must not fire the result.
             self.ended = True

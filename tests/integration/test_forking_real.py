@@ -125,11 +125,20 @@ async def test_truncation_with_a_small_limit(reactor):
     assert attempt.succeeded
 
 
+@pytest.mark.parametrize("how", ["posix_spawn", "fork (workDir)", "setsid helper"])
 @pytest_twisted.ensureDeferred
-async def test_task_runs_in_its_own_process_group(reactor):
-    """The task's pid is its process group and session id, and is recorded in the attempt."""
+async def test_task_runs_in_its_own_process_group(reactor, tmp_path, how):
+    """The task's pid is its process group and session id, and is recorded in the attempt,
+    whether it was spawned directly, forked (a workDir rules out posix_spawn) or through
+    the setsid helper (the fallback when Twisted lacks the hooks)."""
     code = "import os; print(os.getpid(), os.getpgrp(), os.getsid(0))"
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": [sys.executable, "-c", code]})
+    executor = ForkingTaskExecutor(reactor)
+    job = {"command": [sys.executable, "-c", code]}
+    if how == "fork (workDir)":
+        job["workDir"] = str(tmp_path)
+    elif how == "setsid helper":
+        executor._setsid_path = "/usr/bin/setsid"
+    attempt = await run(executor, job)
     pid, pgid, sid = map(int, attempt.output_log.split())
     assert pid == pgid == sid == attempt.executor_state["pid"]
     assert pgid != os.getpgrp()
