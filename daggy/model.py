@@ -7,6 +7,7 @@ UTC strings in every JSON document.
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -29,12 +30,29 @@ class State(str, Enum):
 FINISHED_STATES = frozenset({State.COMPLETED, State.ERRORED, State.KILLED})
 
 
+_last_second: list = [None, ""]
+
+
 def iso8601(seconds: float | None) -> str | None:
-    """POSIX seconds -> ISO 8601 UTC with microseconds, e.g. ``2021-01-01T00:00:00.000000Z``."""
+    """POSIX seconds -> ISO 8601 UTC with microseconds, e.g. ``2021-01-01T00:00:00.000000Z``.
+
+    Every state change and attempt is stamped, so this is hot: the text up to the seconds
+    is kept for the last whole second seen, and only the microseconds are formatted anew
+    (rounded as ``datetime.fromtimestamp`` rounds them)."""
     if seconds is None:
         return None
-    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1
+        micros += 1_000_000
+    if whole != _last_second[0]:
+        stamp = datetime.datetime.fromtimestamp(whole, tz=datetime.timezone.utc)
+        _last_second[:] = [whole, stamp.strftime("%Y-%m-%dT%H:%M:%S.")]
+    return f"{_last_second[1]}{micros:06d}Z"
 
 
 def parse_iso8601(text: str) -> float:

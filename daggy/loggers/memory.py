@@ -100,6 +100,22 @@ def freeze(value: Any) -> Any:
     return value
 
 
+def frozen_task(task: TaskDef) -> ReadOnlyDict:
+    """``freeze(task.to_json())``, built directly: it runs once per task of every run."""
+    return ReadOnlyDict(
+        name=task.name, definedName=task.defined_name, job=freeze(task.job),
+        maxRetries=task.max_retries, retryIntervalSeconds=task.retry_interval_seconds,
+        parents=ReadOnlyList(task.parents), children=ReadOnlyList(task.children),
+        isGenerator=task.is_generator, expansionValues=ReadOnlyDict(task.expansion_values))
+
+
+def frozen_attempt(attempt: Attempt) -> ReadOnlyDict:
+    """``freeze(attempt.to_json())``, built directly: it runs once per attempt."""
+    doc = attempt.to_json()
+    doc["executorState"] = freeze(doc["executorState"])
+    return ReadOnlyDict(doc)
+
+
 def thaw(value: Any) -> Any:
     """Return a plain, mutable deep copy of a (possibly frozen) JSON-like value."""
     if isinstance(value, dict):
@@ -292,7 +308,7 @@ class MemoryStore:
         added = []
         change = self._state_change(now, State.QUEUED)
         for task in tasks:
-            definition = freeze(task.to_json())
+            definition = frozen_task(task)
             record.tasks[task.name] = definition
             record.task_states[task.name] = State.QUEUED.value
             record.task_attempts[task.name] = []
@@ -327,7 +343,7 @@ class MemoryStore:
     def _record_attempt(self, run_id: int, task_name: str, attempt: Attempt) -> ReadOnlyDict:
         record = self._run(run_id)
         self._check_task(record, task_name)
-        stored = freeze(attempt.to_json())
+        stored = frozen_attempt(attempt)
         record.task_attempts[task_name].append(stored)
         record.touch(attempt.stop_time)
         return stored

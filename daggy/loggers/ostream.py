@@ -14,7 +14,6 @@ daemon.  Regular files are written directly.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import select
 import stat
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daggy.loggers.memory import MemoryStore
+from daggy.jsonio import dumps_ascii_fallback
 from daggy.model import Attempt, State, TaskDef
 
 #: How long a stalled stream waits before the next attempt to write.
@@ -40,9 +40,9 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 
 
 def _encode(event: dict[str, Any]) -> bytes:
-    # ensure_ascii (the default) keeps every line valid whatever the task output contained;
-    # JSON escapes newlines inside strings, so one event is always exactly one line.
-    return json.dumps(event, separators=(",", ":")).encode("ascii") + b"\n"
+    # Valid UTF-8 whatever the task output contained (what orjson refuses is written as
+    # ASCII JSON); JSON escapes newlines inside strings, so one event is exactly one line.
+    return dumps_ascii_fallback(event) + b"\n"
 
 
 class _LineWriter:

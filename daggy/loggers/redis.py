@@ -51,6 +51,7 @@ from daggy.loggers._redis_api import (
     describe_error,
 )
 from daggy.loggers.memory import MemoryStore, _RunRecord, freeze, restored_record
+from daggy.jsonio import dumps_surrogatepass
 from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, iso8601, parse_iso8601
 
 MiB = 1 << 20
@@ -81,8 +82,7 @@ _SUMMARY_FIELDS = (b"tag", b"state", b"startTime", b"lastUpdate", b"taskCounts")
 def _json(value: Any) -> bytes:
     # Lone surrogates (possible in JSON-decoded strings) survive as surrogatepass bytes;
     # json.loads decodes bytes with surrogatepass, so they read back unchanged.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass")
+    return dumps_surrogatepass(value)
 
 
 def _name_bytes(name: str) -> bytes:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.web.iweb import IRequest
+
+from daggy.jsonio import dumps_ascii_fallback
 
 JSON_CONTENT_TYPE = b"application/json"
 
@@ -14,9 +15,9 @@ JSON_CONTENT_TYPE = b"application/json"
 def json_body(request: IRequest, value: Any, status: int = 200) -> bytes:
     """Set C{status} and the JSON content type on C{request}; return C{value} encoded.
 
-    C{ensure_ascii} stays on so a lone surrogate that came in through a client's JSON
-    (a legal C{"\\ud800"} escape) can still be written back.
+    UTF-8; an answer holding a lone surrogate that came in through a client's JSON (a
+    legal C{"\\ud800"} escape) is written as ASCII JSON, so it can still be written back.
     """
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-    return json.dumps(value, separators=(",", ":")).encode("ascii")
+    return dumps_ascii_fallback(value)

@@ -14,6 +14,8 @@ through a logger that is still open, and only then is the logger closed.
 
 from __future__ import annotations
 
+import gc
+
 import ipaddress
 from typing import Any, Mapping
 
@@ -27,6 +29,20 @@ from daggy.service.config import ConfigError, DaemonConfig
 from daggy.service.registry import DEFAULT_REGISTRY, Component, Registry
 
 
+#: gc thresholds of the daemon (CPython's default is 700, 10, 10).  A 100,000-task run keeps
+#: millions of long-lived containers (definitions, states, attempts); with the defaults the
+#: collector scans them over and over while they are created, which cost a third of the
+#: time of such a run.  Cycles among short-lived objects are still collected young.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Collect less often, and never scan what exists at start-up (imports, config) again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class DaggyService(MultiService):
     """A MultiService that stops its children sequentially, in reverse order of addition.
 
@@ -36,6 +52,10 @@ class DaggyService(MultiService):
     """
 
     log = Logger()
+
+    def startService(self) -> None:
+        tune_garbage_collector()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

@@ -67,6 +67,9 @@ def expand_job(job: dict[str, Any], fields: tuple[str, ...], used: list[str],
                parameters: dict[str, list[str]]) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
     """Yield ``(expansion_values, job)`` per instance, in a deterministic order: used
     parameters sorted by name, each parameter's values in the order given."""
+    if not used:
+        yield {}, job  # one instance, nothing to substitute: no copy
+        return
     names = sorted(used)
     for combination in itertools.product(*(parameters[name] for name in names)):
         values = dict(zip(names, combination))
