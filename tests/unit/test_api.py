@@ -304,6 +304,43 @@ def test_get_run_state(harness):
     assert answer["taskCounts"]["QUEUED"] == 1
 
 
+@pytest.mark.parametrize("path", ["/v1/dagrun/0/state", "/v1/dagrun/%30/state",
+                                  "/v1/dagrun/7/state", "/v1/dagrun/x/state",
+                                  "/v1/dagrun/0/state/", "/v1/dagrun/0/state?all=1"])
+def test_state_poll_shortcut_answers_exactly_as_the_route(harness, monkeypatch, path):
+    """The run-state poll answered without Klein's routing gives the same status, headers
+    and body as the Klein route does."""
+    harness.add_run(state=State.RUNNING, tasks=("a",))
+    fast = harness.request("GET", path)
+    monkeypatch.setattr(DaggyAPI, "answer_state_poll", lambda self, request: None)
+    routed = harness.request("GET", path)
+    assert (fast[0].code, fast[1]) == (routed[0].code, routed[1])
+    assert (list(fast[0].headers.getAllRawHeaders())
+            == list(routed[0].headers.getAllRawHeaders()))
+
+
+def test_state_poll_shortcut_leaves_asynchronous_reads_to_the_route(harness):
+    """When the logger's answer is not ready at once, the route waits for it."""
+    run_id = harness.add_run(state=State.RUNNING, tasks=("a",))
+    reads = []
+
+    def slow_read(requested):
+        reads.append(defer.Deferred())
+        return reads[-1]
+
+    harness.store.get_run_state = slow_read
+    d = harness.client.request("GET", BASE + f"/v1/dagrun/{run_id}/state")
+    harness.client.flush()
+    assert len(reads) == 2  # the shortcut's, then the route's
+    reads[1].callback({"runID": run_id, "state": "RUNNING"})
+    harness.client.flush()
+    response = result_of(d)
+    body = harness.client.content(response)
+    harness.client.flush()
+    assert (response.code, json.loads(result_of(body))) == (
+        200, {"runID": run_id, "state": "RUNNING"})
+
+
 @pytest.mark.parametrize("method, suffix", [
     ("GET", ""), ("DELETE", ""), ("GET", "/state"), ("PATCH", "/state/QUEUED"),
     ("GET", "/task/a"), ("GET", "/task/a/state"), ("PATCH", "/task/a/state/QUEUED"),
