@@ -248,6 +248,17 @@ class RunManager:
     def _attempt_ended(self, attempt: Attempt, run: _Run, task: TaskDef) -> None:
         self._in_flight -= 1
         run.executions.pop(task.name, None)
+        try:
+            self._record_outcome(attempt, run, task)
+        finally:
+            # Even after a bug while recording (reported by _internal_error), shutdown
+            # must not wait for an attempt that has ended.
+            self._schedule_dispatch()
+            if self._drained is not None and self._in_flight == 0:
+                drained, self._drained = self._drained, None
+                drained.callback(None)
+
+    def _record_outcome(self, attempt: Attempt, run: _Run, task: TaskDef) -> None:
         engine = run.engine
         generated = None
         if task.is_generator and attempt.succeeded:
@@ -265,10 +276,6 @@ class RunManager:
                 run.retry_timers[task.name] = self._reactor.callLater(
                     task.retry_interval_seconds, self._retry_due, run, task.name)
             self._after_change(run)
-        self._schedule_dispatch()
-        if self._drained is not None and self._in_flight == 0:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
 
     def _generated_tasks(self, attempt: Attempt, run: _Run, task: TaskDef):
         """Parse a generator's stdout; on bad output mark the attempt failed and say why."""

@@ -282,6 +282,25 @@ def test_large_wide_run_completes_with_unlimited_capacity():
     assert h.run(run_id)["taskCounts"]["COMPLETED"] == 10_000
 
 
+def test_a_bug_recording_an_attempt_is_logged_and_does_not_hang_shutdown(
+        harness, no_logged_errors):
+    """If recording the attempts killed at shutdown raises, the error is logged and stop()
+    still completes once the last running attempt has ended."""
+    harness.submit({"tasks": {"a": {"job": job()}, "b": {"job": job()}}})
+    assert sorted(harness.running_names()) == ["a", "b"]
+
+    def broken(*args):
+        raise TypeError("cannot record this attempt")
+
+    harness.store.record_attempt = broken
+    stopped = harness.runner.stop()
+    harness.turn()
+    assert harness.running_names() == []
+    result_of(stopped)
+    assert any("internal error in run" in str(e.get("log_format", "")) for e in no_logged_errors)
+    no_logged_errors.clear()
+
+
 def restarted(harness, reattachable=()):
     """A new RunManager on the same store, as after a daemon restart, recovered."""
     after = Harness()
