@@ -334,7 +334,6 @@ class ForkedExecution:
             raise
         if self._transport is None:
             self.process_started(transport)
-        self.log.debug("started {label} as pid {pid}", label=self._label, pid=self._pgid)
         # Tasks get no input: EOF at once instead of a read that blocks forever.
         transport.closeStdin()
         if self._timeout_seconds is not None and not self.ended and not self._exited:

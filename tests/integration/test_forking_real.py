@@ -164,6 +164,30 @@ async def test_environment_and_work_dir(reactor, tmp_path):
     assert attempt.output_log == f"daemon from job\n{tmp_path}\n"
 
 
+@pytest.mark.parametrize("work_dir", [False, True], ids=["posix_spawn", "fork"])
+@pytest_twisted.ensureDeferred
+async def test_task_inherits_no_descriptor_but_its_pipes(reactor, monkeypatch, tmp_path,
+                                                        work_dir):
+    """A descriptor daggyd inherited (not close-on-exec) never reaches a task: the task has
+    exactly stdin, stdout and stderr open."""
+    from daggy.executors import _spawn
+
+    monkeypatch.setattr(_spawn, "_inherited_descriptors_sealed", False)
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        job = {"command": [sys.executable, "-c",
+                           "import os; print(sorted(map(int, os.listdir('/proc/self/fd'))))"]}
+        if work_dir:
+            job["workDir"] = str(tmp_path)
+        attempt = await run(ForkingTaskExecutor(reactor), job)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # 3 is the listing's own descriptor for /proc/self/fd.
+    assert attempt.output_log == "[0, 1, 2, 3]\n", attempt
+
+
 @pytest_twisted.ensureDeferred
 async def test_stdin_is_closed(reactor):
     """A task reading stdin sees end-of-file at once instead of hanging."""
