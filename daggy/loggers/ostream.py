@@ -87,7 +87,8 @@ class _LineWriter:
         return len(self._backlog)
 
     def write(self, line: bytes) -> None:
-        """Queue one line; it is written on the next reactor turn."""
+        """Queue one line; it is written on the next reactor turn (to a regular file: at
+        once whenever a turn's backlog reaches ``MAX_BYTES_PER_TURN``)."""
         if self._closed:
             if not self._warned_after_close:
                 self._warned_after_close = True
@@ -97,6 +98,11 @@ class _LineWriter:
         if self._failed:
             self._dropped_lines += 1
             return
+        if self._poller is None and len(self._backlog) >= MAX_BYTES_PER_TURN:
+            # A regular file always takes the bytes (into the page cache): write them now
+            # rather than let one turn's worth of events (a million-task submission is
+            # hundreds of MiB) outgrow the backlog and be dropped.
+            self._drain(budget=None)
         if len(self._backlog) + len(line) > self._max_backlog_bytes:
             if self._dropped_lines == 0:
                 self.log.error(

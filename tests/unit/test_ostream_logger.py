@@ -189,6 +189,23 @@ def test_lines_are_written_once_per_reactor_turn(clock, logger, events_path):
     assert clock.getDelayedCalls() == []
 
 
+def test_a_file_takes_more_than_the_backlog_in_one_turn_without_losing_a_line(
+        clock, events_path, monkeypatch):
+    """A regular file is written as soon as a turn's backlog is large, so a submission
+    bigger than max_backlog_bytes loses no event."""
+    monkeypatch.setattr(ostream, "MAX_BYTES_PER_TURN", 1024)
+    logger = OStreamLogger(clock, str(events_path), max_backlog_bytes=4096)
+    run_id = fired(logger.create_run("big", {}, T0))
+    logger.add_tasks(run_id, [task(f"t{i}") for i in range(500)], T0)
+    written_before_the_turn = len(events_path.read_bytes())
+    clock.advance(0)
+    events = read_events(events_path)
+    assert written_before_the_turn > 4096
+    assert [e["task"] for e in events if e["event"] == "taskAdded"] == [
+        f"t{i}" for i in range(500)]
+    fired(logger.close())
+
+
 def test_flush_writes_everything_without_waiting_for_the_reactor(clock, logger, events_path):
     """flush() writes every buffered line before firing and cancels the pending write."""
     play_small_run(logger)
