@@ -63,6 +63,8 @@ from daemon_harness import (  # noqa: E402
 )
 from slurm_harness import SlurmCluster  # noqa: E402
 
+from _daggyd import cpu_seconds  # noqa: E402
+
 #: How often the submit phase reads the run (each read serializes every task: keep it rare).
 RUN_POLL_SECONDS = 0.5
 #: Job records stay in ``squeue -t all`` this long after the job ended; longer than a bench.
@@ -153,12 +155,6 @@ def start_slurm_daggyd(directory: Path, cluster: SlurmCluster, executor_config: 
         process.kill()
         raise
     return daemon
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
