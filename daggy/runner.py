@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daggy._collector import collector_paused
 from daggy.dag import DagEngine, Outcome
 from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
 from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, parse_iso8601
@@ -99,13 +100,15 @@ class RunManager:
     async def _submit(self, doc: Any) -> int:
         if not self.accepting:
             raise Unavailable("daggyd is shutting down and accepts no new runs")
-        spec = parse_run_spec(doc, self._executor, self._max_tasks)
+        with collector_paused():
+            spec = parse_run_spec(doc, self._executor, self._max_tasks)
         now = self._reactor.seconds()
         run_id = await self._logger.create_run(spec.tag, spec.parameters, now)
         run = _Run(run_id, spec.tag, spec.parameters)
-        run.engine = DagEngine(on_state=self._state_recorder(run_id))
-        run.engine.add_groups(spec.groups)
-        self._logger.add_tasks(run_id, spec.tasks, now)
+        with collector_paused():
+            run.engine = DagEngine(on_state=self._state_recorder(run_id))
+            run.engine.add_groups(spec.groups)
+            self._logger.add_tasks(run_id, spec.tasks, now)
         self._runs[run_id] = run
         run.done.addErrback(self._log_run_failure, run)
         self._enqueue(run)

@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
+from daggy._collector import collector_paused
 from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun, json_type_name
 from daggy.model import State
 from daggy.server._json import json_body
@@ -89,7 +90,8 @@ def _parse_json_body(request: IRequest) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(raw, parse_constant=reject_constant)
+        with collector_paused():
+            return json.loads(raw, parse_constant=reject_constant)
     except json.JSONDecodeError as e:
         raise BadRequest(
             f"body: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None

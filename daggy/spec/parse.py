@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Container, Iterable, Protocol
 
@@ -27,6 +28,7 @@ TASK_KEYS = ("job", "maxRetries", "retryIntervalSeconds", "parents", "children",
 
 #: Most tasks one run may have after expansion; checked before anything is expanded.
 DEFAULT_MAX_TASKS = 2_000_000
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 
 class JobFormat(Protocol):
@@ -116,7 +118,7 @@ def _parse_parameters(doc: dict[str, Any], errors: list[str]) -> tuple[dict[str,
 def _string_list(value: Any, path: str, errors: list[str]) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if type(value) is not list or not all(type(item) is str for item in value):
         errors.append(f"{path}: must be a list of task names")
         return []
     return list(value)
@@ -143,7 +145,7 @@ def _parse_task(name: Any, task: Any, path: str, executor: JobFormat,
     if not name:
         errors.append(f"{path}: task names must not be empty")
         return None
-    if any(ord(char) < 32 for char in name):
+    if _CONTROL_CHARACTER.search(name):
         errors.append(f"{path}: task names must not contain control characters")
         return None
     if not isinstance(task, dict):
@@ -242,11 +244,11 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
     for task in defined.values():
         for relation, names in (("parents", task.parents), ("children", task.children)):
             for index, other in enumerate(names):
-                path = f"{task.path}.{relation}[{index}]"
                 if other == task.name:
-                    errors.append(f"{path}: a task cannot depend on itself")
+                    errors.append(f"{task.path}.{relation}[{index}]: a task cannot depend on "
+                                  f"itself")
                 elif other not in raw_tasks:
-                    errors.append(f"{path}: unknown task {other!r}")
+                    errors.append(f"{task.path}.{relation}[{index}]: unknown task {other!r}")
                 elif other not in defined:
                     continue  # that task is invalid and already reported
                 elif relation == "parents":
@@ -272,7 +274,7 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
     groups: list[TaskGroup] = []
     # Only the new names are collected; ``existing_names`` (up to the whole run) is only
     # probed, so parsing a generator's output costs what the output holds.
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # instance name -> its defined task
     for task in defined.values():
         if task.name in existing_names:
             errors.append(f"{task.path}: task name {task.name!r} is already used in this run")
@@ -283,13 +285,14 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
         for values, job in expand_job(task.job, executor.templatable_fields,
                                       task.used_parameters, lists):
             shown = {key: value for key, value in values.items()
-                     if isinstance(parameters[key], list)}
+                     if isinstance(parameters[key], list)} if values else values
             name = instance_name(task.name, shown)
             if name in seen or name in existing_names:
-                other = seen.get(name, "an existing task")
+                other = (f"an instance of {seen[name]!r}" if name in seen
+                         else "an existing task")
                 errors.append(f"{task.path}: expanded name {name!r} collides with {other}")
                 continue
-            seen[name] = f"an instance of {task.name!r}"
+            seen[name] = task.name
             instances.append(TaskDef(
                 name=name, defined_name=task.name, job=job, max_retries=task.max_retries,
                 retry_interval_seconds=task.retry_interval_seconds, parents=parents,
