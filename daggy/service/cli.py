@@ -227,4 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # twistd has redirected sys.stderr into its log; __stderr__ is the real one.
             print(message, file=sys.__stderr__)
         return 1
-    return 0
+    _exit_without_teardown(0)
+    return 0  # not reached; kept for readers and type checkers
+
+
+def _exit_without_teardown(status: int) -> None:
+    """Exit at once: by now the runner and the logger have stored and closed everything,
+    and the log observers flush every line.  Letting the interpreter free a large run's
+    objects one by one first took 40 s after a 1,000,000-task run."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # closed or gone (daemonized): nothing left to lose
+    os._exit(status)
