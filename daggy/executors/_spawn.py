@@ -18,7 +18,6 @@ then fall back to exec'ing util-linux ``setsid``.
 from __future__ import annotations
 
 import _signal  # the C module: getsignal without converting every answer to an enum
-import fcntl
 import os
 from typing import Any
 
@@ -60,13 +59,6 @@ def _seal_inherited_descriptors() -> None:
     _inherited_descriptors_sealed = True
 
 
-def _close_on_exec(fd: int) -> bool:
-    try:
-        return bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
-    except OSError:
-        return True
-
-
 class _SessionLeaderProcess(_twisted_process.Process):
     """A Twisted process whose child calls ``setsid`` before it runs the program."""
 
@@ -75,9 +67,11 @@ class _SessionLeaderProcess(_twisted_process.Process):
             return False  # posix_spawn cannot chdir or change ids: fork, then _execChild
         _seal_inherited_descriptors()
         fdmap = kwargs.get("fdmap")
-        # Only the descriptors the child is given matter (the rest are close-on-exec); the
-        # child's own numbers are listed too so relocations avoid them.
-        fd_state = [(fd, _close_on_exec(fd)) for fd in {*fdmap.values(), *fdmap}]
+        # Only the descriptors the child is given matter (the rest are close-on-exec).  The
+        # parent's ends are Twisted's fresh pipes, close-on-exec like every descriptor
+        # Python opens; the child's numbers are listed too so relocations avoid them, and
+        # are always replaced (dup2), never closed: no need to ask the kernel about either.
+        fd_state = [(fd, True) for fd in {*fdmap.values(), *fdmap}]
         # The daemon may ignore signals (SIGPIPE, SIGHUP under nohup): a task must not
         # inherit that.
         ignored = [number for number in range(1, _signal.NSIG)
