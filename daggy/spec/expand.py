@@ -39,11 +39,23 @@ def map_strings(value: Any, transform: Callable[[str], str]) -> Any:
     return value
 
 
+def _mentions_placeholder(value: Any) -> bool:
+    """Whether any string in a job field holds ``{{`` (most jobs have none: their paths are
+    then never built)."""
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, list):
+        return any(map(_mentions_placeholder, value))
+    if isinstance(value, dict):
+        return any(map(_mentions_placeholder, value.values()))
+    return False
+
+
 def placeholders_in_job(job: dict[str, Any], fields: tuple[str, ...], path: str
                         ) -> Iterator[tuple[str, str]]:
     """Yield ``(path, name)`` for every placeholder in the templatable fields of ``job``."""
     for field in fields:
-        if field in job:
+        if field in job and _mentions_placeholder(job[field]):
             for string_path, text in iter_strings(job[field], f"{path}.{field}"):
                 for match in PLACEHOLDER.finditer(text):
                     yield string_path, match.group(1)

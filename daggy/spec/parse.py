@@ -118,10 +118,14 @@ def _parse_parameters(doc: dict[str, Any], errors: list[str]) -> tuple[dict[str,
 def _string_list(value: Any, path: str, errors: list[str]) -> list[str]:
     if value is None:
         return []
-    if type(value) is not list or not all(type(item) is str for item in value):
-        errors.append(f"{path}: must be a list of task names")
-        return []
-    return list(value)
+    if type(value) is list:
+        for item in value:
+            if type(item) is not str:
+                break
+        else:
+            return list(value)
+    errors.append(f"{path}: must be a list of task names")
+    return []
 
 
 @dataclass
@@ -187,6 +191,22 @@ def _parse_task(name: Any, task: Any, path: str, executor: JobFormat,
                         children, sorted(used))
 
 
+def _is_acyclic(children: dict[str, set[str]], parents: dict[str, set[str]]) -> bool:
+    """Kahn's algorithm: cheaper than a depth-first search when, as nearly always, there is
+    no cycle to describe."""
+    waiting = {name: len(names) for name, names in parents.items()}
+    ready = [name for name, count in waiting.items() if count == 0]
+    finished = 0
+    while ready:
+        name = ready.pop()
+        finished += 1
+        for child in children[name]:
+            waiting[child] -= 1
+            if not waiting[child]:
+                ready.append(child)
+    return finished == len(children)
+
+
 def _find_cycle(order: list[str], children: dict[str, set[str]]) -> list[str] | None:
     """Return the names on one cycle, or None.  Iterative DFS: specs can be 10^5 tasks deep."""
     WHITE, GREY, BLACK = 0, 1, 2
@@ -212,6 +232,17 @@ def _find_cycle(order: list[str], children: dict[str, set[str]]) -> list[str] | 
                 colour[node] = BLACK
                 stack.pop()
     return None
+
+
+def _report_bad_references(task: _DefinedTask, declared: Container[str], errors: list[str]
+                           ) -> None:
+    """A reference to an invalid (but declared) task is not reported: that task is."""
+    for relation, names in (("parents", task.parents), ("children", task.children)):
+        for index, other in enumerate(names):
+            if other == task.name:
+                errors.append(f"{task.path}.{relation}[{index}]: a task cannot depend on itself")
+            elif other not in declared:
+                errors.append(f"{task.path}.{relation}[{index}]: unknown task {other!r}")
 
 
 def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
@@ -242,25 +273,26 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
     edges: dict[str, set[str]] = {name: set() for name in defined}
     reverse: dict[str, set[str]] = {name: set() for name in defined}
     for task in defined.values():
-        for relation, names in (("parents", task.parents), ("children", task.children)):
-            for index, other in enumerate(names):
-                if other == task.name:
-                    errors.append(f"{task.path}.{relation}[{index}]: a task cannot depend on "
-                                  f"itself")
-                elif other not in raw_tasks:
-                    errors.append(f"{task.path}.{relation}[{index}]: unknown task {other!r}")
-                elif other not in defined:
-                    continue  # that task is invalid and already reported
-                elif relation == "parents":
-                    edges[other].add(task.name)
-                    reverse[task.name].add(other)
-                else:
-                    edges[task.name].add(other)
-                    reverse[other].add(task.name)
+        name = task.name
+        dangling = False
+        for other in task.parents:
+            if other in defined and other != name:
+                edges[other].add(name)
+                reverse[name].add(other)
+            else:
+                dangling = True
+        for other in task.children:
+            if other in defined and other != name:
+                edges[name].add(other)
+                reverse[other].add(name)
+            else:
+                dangling = True
+        if dangling:
+            _report_bad_references(task, raw_tasks, errors)
     if len(errors) > before:
         return []
-    cycle = _find_cycle(list(defined), edges)
-    if cycle:
+    if not _is_acyclic(edges, reverse):
+        cycle = _find_cycle(list(defined), edges)
         errors.append(f"{tasks_path}: cycle: {' -> '.join(cycle)}")
         return []
     if errors:
@@ -281,6 +313,19 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
             continue
         parents = sorted(reverse[task.name])
         children = sorted(edges[task.name])
+        if not task.used_parameters:
+            # One instance named as defined: nothing to expand, substitute or name.
+            if task.name in seen:
+                errors.append(f"{task.path}: expanded name {task.name!r} collides with an "
+                              f"instance of {seen[task.name]!r}")
+                continue
+            seen[task.name] = task.name
+            groups.append(TaskGroup(task.name, [TaskDef(
+                name=task.name, defined_name=task.name, job=task.job,
+                max_retries=task.max_retries, retry_interval_seconds=task.retry_interval_seconds,
+                parents=parents, children=children, is_generator=task.is_generator,
+                expansion_values={})], parents, children))
+            continue
         instances = []
         for values, job in expand_job(task.job, executor.templatable_fields,
                                       task.used_parameters, lists):
