@@ -64,6 +64,12 @@ class PayloadTooLarge(DaggyError):
     status = 413
 
 
+class TooManyRequests(DaggyError):
+    """A bounded queue is full; the client may retry once it drains."""
+
+    status = 429
+
+
 class Unavailable(DaggyError):
     """A collaborator (for example the state store) cannot answer right now."""
 

@@ -13,7 +13,6 @@ chain ends in an errback that logs the failure and records the run as ERRORED.
 from __future__ import annotations
 
 import copy
-import json
 from collections import deque
 from typing import Any
 
@@ -23,10 +22,19 @@ from twisted.python.failure import Failure
 
 from daggy._collector import collector_paused
 from daggy.dag import DagEngine, Outcome
-from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
+from daggy.errors import (
+    BadRequest,
+    Conflict,
+    SpecInvalid,
+    TooManyRequests,
+    Unavailable,
+    UnknownRun,
+    UnknownTask,
+)
+from daggy.jsonio import loads_like_stdlib
+from daggy.limits import RunLimits
 from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, parse_iso8601
 from daggy.spec import parse_generated_tasks, parse_run_spec
-from daggy.spec.parse import DEFAULT_MAX_TASKS
 
 SHUTDOWN_REASON = "daemon shutting down"
 
@@ -70,12 +78,12 @@ class RunManager:
     log = Logger()
 
     def __init__(self, reactor, executor, logger, max_active_runs: int = 50,
-                 max_tasks: int = DEFAULT_MAX_TASKS, dispatch_batch: int = 1000):
+                 limits: RunLimits = RunLimits(), dispatch_batch: int = 1000):
         self._reactor = reactor
         self._executor = executor
         self._logger = logger
         self._max_active_runs = max_active_runs
-        self._max_tasks = max_tasks
+        self.limits = limits
         self._dispatch_batch = dispatch_batch
         self._runs: dict[int, _Run] = {}
         self._waiting: deque[_Run] = deque()
@@ -90,7 +98,11 @@ class RunManager:
     # -- submission ----------------------------------------------------------------------
     def validate(self, doc: Any) -> list[str]:
         """Expanded task names of ``doc``; raises SpecInvalid."""
-        return [task.name for task in parse_run_spec(doc, self._executor, self._max_tasks).tasks]
+        return [task.name for task in self._parse(doc).tasks]
+
+    def _parse(self, doc: Any):
+        return parse_run_spec(doc, self._executor, self.limits.max_tasks_per_run,
+                              self.limits.max_job_depth)
 
     def submit(self, doc: Any) -> defer.Deferred:
         """Validate, record and queue a run.  Fires with the run ID; fails with SpecInvalid,
@@ -100,8 +112,12 @@ class RunManager:
     async def _submit(self, doc: Any) -> int:
         if not self.accepting:
             raise Unavailable("daggyd is shutting down and accepts no new runs")
+        if len(self._waiting) >= self.limits.max_queued_runs:
+            raise TooManyRequests(
+                f"{len(self._waiting)} runs are already queued (limit "
+                f"{self.limits.max_queued_runs}); submit again once some have started")
         with collector_paused():
-            spec = parse_run_spec(doc, self._executor, self._max_tasks)
+            spec = self._parse(doc)
         now = self._reactor.seconds()
         run_id = await self._logger.create_run(spec.tag, spec.parameters, now)
         run = _Run(run_id, spec.tag, spec.parameters)
@@ -282,16 +298,29 @@ class RunManager:
 
     def _generated_tasks(self, attempt: Attempt, run: _Run, task: TaskDef):
         """Parse a generator's stdout; on bad output mark the attempt failed and say why."""
-        try:
-            doc = json.loads(attempt.output_log)
-        except ValueError as error:
-            problem = f"generator output is not valid JSON: {error}"
+        limits = self.limits
+        output = attempt.output_log.encode("utf-8", "surrogatepass")
+        if attempt.output_truncated:
+            problem = ("generator output was cut at the executor's output limit; "
+                       "its task list is incomplete")
+        elif len(output) > limits.max_generator_output_bytes:
+            problem = (f"generator output is {len(output)} bytes (limit "
+                       f"{limits.max_generator_output_bytes})")
         else:
             try:
-                return parse_generated_tasks(doc, self._executor, run.parameters, task,
-                                             run.engine, self._max_tasks)
-            except SpecInvalid as error:
-                problem = "generator output rejected: " + "; ".join(error.errors)
+                doc = loads_like_stdlib(output)
+            except RecursionError:
+                problem = "generator output is not valid JSON: nested too deeply"
+            except ValueError as error:
+                problem = f"generator output is not valid JSON: {error}"
+            else:
+                room = limits.max_tasks_per_run - run.engine.task_count
+                try:
+                    return parse_generated_tasks(
+                        doc, self._executor, run.parameters, task, run.engine,
+                        max(0, min(limits.max_generated_tasks, room)), limits.max_job_depth)
+                except SpecInvalid as error:
+                    problem = "generator output rejected: " + "; ".join(error.errors)
         attempt.succeeded = False
         attempt.executor_log = "; ".join(filter(None, [attempt.executor_log, problem]))
         return None

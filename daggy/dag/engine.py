@@ -47,6 +47,11 @@ class DagEngine:
         self.counts: dict[State, int] = dict.fromkeys(State, 0)
         self.killed = False
 
+    @property
+    def task_count(self) -> int:
+        """Tasks in the run (barriers not counted)."""
+        return len(self._index)
+
     # -- construction --------------------------------------------------------------------
     def _add_node(self, task: TaskDef | None) -> int:
         node = len(self._state)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Container, Iterable, Protocol
 
 from daggy.errors import SpecInvalid
+from daggy.limits import RunLimits
 from daggy.model import TaskDef
 from daggy.spec.expand import (
     PARAMETER_NAME,
@@ -26,8 +27,10 @@ from daggy.spec.expand import (
 TOP_LEVEL_KEYS = ("tag", "parameters", "taskParameters", "tasks")
 TASK_KEYS = ("job", "maxRetries", "retryIntervalSeconds", "parents", "children", "isGenerator")
 
-#: Most tasks one run may have after expansion; checked before anything is expanded.
-DEFAULT_MAX_TASKS = 2_000_000
+# Checked before anything is expanded; jobs are copied, frozen and encoded by recursive
+# code, so their nesting is bounded before the interpreter's recursion limit is near.
+DEFAULT_MAX_TASKS = RunLimits.max_tasks_per_run
+DEFAULT_MAX_JOB_DEPTH = RunLimits.max_job_depth
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 
@@ -141,8 +144,47 @@ class _DefinedTask:
     used_parameters: list[str]
 
 
+def _job_deeper_than(job: dict[str, Any], limit: int) -> bool:
+    """Whether lists/objects nest more than ``limit`` (at least 2) levels in ``job``.  Most
+    jobs are two levels deep (fields holding strings, lists or objects of strings): those
+    are recognised without the general walk."""
+    for value in job.values():
+        kind = type(value)
+        if kind is list:
+            items = value
+        elif kind is dict:
+            items = value.values()
+        elif kind is str:
+            continue
+        else:
+            return _deeper_than(job, limit)
+        for item in items:
+            if type(item) is not str:
+                return _deeper_than(job, limit)
+    return False
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest more than ``limit`` levels in ``value`` (iterative, so a
+    value of any depth can be measured)."""
+    pending = [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            items = value.values()
+        elif isinstance(value, list):
+            items = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return False
+
+
 def _parse_task(name: Any, task: Any, path: str, executor: JobFormat,
-                parameter_names: set[str], errors: list[str]) -> _DefinedTask | None:
+                parameter_names: set[str], errors: list[str],
+                max_job_depth: int = DEFAULT_MAX_JOB_DEPTH) -> _DefinedTask | None:
     if not isinstance(name, str):
         errors.append(f"{path}: task names must be strings")
         return None
@@ -165,6 +207,8 @@ def _parse_task(name: Any, task: Any, path: str, executor: JobFormat,
     elif not isinstance(job, dict):
         # Checked here, not left to the executor: expansion copies the job as an object.
         errors.append(f"{path}.job: must be an object")
+    elif _job_deeper_than(job, max_job_depth):
+        errors.append(f"{path}.job: nested deeper than {max_job_depth} levels")
     else:
         errors.extend(executor.validate_job(job, f"{path}.job"))
     max_retries = task.get("maxRetries", 0)
@@ -248,6 +292,7 @@ def _report_bad_references(task: _DefinedTask, declared: Container[str], errors:
 def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
                   parameters: dict[str, Any], parameter_names: set[str], errors: list[str],
                   existing_names: Container[str], max_tasks: int,
+                  max_job_depth: int = DEFAULT_MAX_JOB_DEPTH,
                   allow_empty: bool = False) -> list[TaskGroup]:
     """Validate a tasks object and expand it.  Nothing is expanded once ``errors`` holds
     anything (including problems found by the caller before)."""
@@ -264,7 +309,7 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
     defined: dict[str, _DefinedTask] = {}
     for name, task in raw_tasks.items():
         parsed = _parse_task(name, task, f"{tasks_path}.{name}", executor, parameter_names,
-                             errors)
+                             errors, max_job_depth)
         if parsed is not None:
             defined[name] = parsed
 
@@ -346,8 +391,8 @@ def _build_groups(raw_tasks: Any, tasks_path: str, executor: JobFormat,
     return groups
 
 
-def parse_run_spec(doc: Any, executor: JobFormat, max_tasks: int = DEFAULT_MAX_TASKS
-                   ) -> ParsedSpec:
+def parse_run_spec(doc: Any, executor: JobFormat, max_tasks: int = DEFAULT_MAX_TASKS,
+                   max_job_depth: int = DEFAULT_MAX_JOB_DEPTH) -> ParsedSpec:
     """Validate and expand a DAG run spec (a parsed JSON value).
 
     :raises SpecInvalid: with every problem found, each prefixed by its path.
@@ -367,7 +412,7 @@ def parse_run_spec(doc: Any, executor: JobFormat, max_tasks: int = DEFAULT_MAX_T
         groups = []
     else:
         groups = _build_groups(doc["tasks"], "tasks", executor, parameters, parameter_names,
-                               errors, (), max_tasks)
+                               errors, (), max_tasks, max_job_depth)
     if errors:
         raise SpecInvalid(errors)
     return ParsedSpec(tag=tag, parameters=parameters, groups=groups)
@@ -375,7 +420,8 @@ def parse_run_spec(doc: Any, executor: JobFormat, max_tasks: int = DEFAULT_MAX_T
 
 def parse_generated_tasks(doc: Any, executor: JobFormat, parameters: dict[str, Any],
                           generator: TaskDef, existing_names: Container[str],
-                          max_tasks: int = DEFAULT_MAX_TASKS) -> list[TaskGroup]:
+                          max_tasks: int = DEFAULT_MAX_TASKS,
+                          max_job_depth: int = DEFAULT_MAX_JOB_DEPTH) -> list[TaskGroup]:
     """Validate and expand the tasks a generator printed (a tasks object; ``{}`` generates
     nothing and gives an empty list).
 
@@ -390,7 +436,7 @@ def parse_generated_tasks(doc: Any, executor: JobFormat, parameters: dict[str, A
     """
     errors: list[str] = []
     groups = _build_groups(doc, "output", executor, parameters, set(parameters), errors,
-                           existing_names, max_tasks, allow_empty=True)
+                           existing_names, max_tasks, max_job_depth, allow_empty=True)
     if errors:
         raise SpecInvalid(errors)
     for group in groups:

@@ -28,7 +28,8 @@ class FakeExecution:
         self.started.callback(executor_state)
 
     def finish(self, rc: int = 0, output: str = "", error: str = "", killed: bool = False,
-               timed_out: bool = False, log: str | None = None) -> None:
+               timed_out: bool = False, log: str | None = None,
+               output_truncated: bool = False) -> None:
         """End the attempt as the test says."""
         self._executor.running.remove(self)
         now = self._executor.clock.seconds()
@@ -36,7 +37,7 @@ class FakeExecution:
             start_time=self.start_time, stop_time=now, rc=rc,
             succeeded=rc == 0 and not killed and not timed_out, output_log=output,
             error_log=error, executor_log=log if log is not None else f"exited with code {rc}",
-            killed=killed, timed_out=timed_out,
+            killed=killed, timed_out=timed_out, output_truncated=output_truncated,
             executor_state=dict(getattr(self, "executor_state", None) or {})))
 
     def kill(self, reason: str) -> None:

@@ -8,7 +8,16 @@ import pytest
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
-from daggy.errors import BadRequest, Conflict, SpecInvalid, Unavailable, UnknownRun, UnknownTask
+from daggy.errors import (
+    BadRequest,
+    Conflict,
+    SpecInvalid,
+    TooManyRequests,
+    Unavailable,
+    UnknownRun,
+    UnknownTask,
+)
+from daggy.limits import RunLimits
 from daggy.loggers.memory import MemoryStore
 from daggy.model import State
 from daggy.runner import RunManager
@@ -29,12 +38,12 @@ def result_of(deferred):
 
 
 class Harness:
-    def __init__(self, capacity=2, max_active_runs=50, **kwargs):
+    def __init__(self, capacity=2, max_active_runs=50, limits=RunLimits(), **kwargs):
         self.clock = Clock()
         self.executor = FakeExecutor(self.clock, capacity=capacity, **kwargs)
         self.store = MemoryStore()
         self.runner = RunManager(self.clock, self.executor, self.store,
-                                 max_active_runs=max_active_runs)
+                                 max_active_runs=max_active_runs, limits=limits)
 
     def submit(self, spec):
         run_id = result_of(self.runner.submit(spec))
@@ -235,6 +244,87 @@ def test_generator_with_bad_output_fails_with_reason_and_retries(harness):
     assert "output.x.job.command" in attempts[1]["executorLog"]
     assert [a["succeeded"] for a in attempts] == [False, False]
     assert harness.task_states(run_id) == {"gen": "ERRORED", "last": "QUEUED"}
+
+
+def generator_run(harness):
+    return harness.submit({"parameters": {"X": ["1", "2", "3"]}, "tasks": {
+        "gen": {"job": job(), "isGenerator": True, "children": ["last"]},
+        "last": {"job": job()}}})
+
+
+def test_generator_output_over_the_byte_limit_is_refused_unparsed():
+    """Output larger than max_generator_output_bytes fails the attempt and adds no task."""
+    h = Harness(limits=RunLimits(max_generator_output_bytes=100))
+    run_id = generator_run(h)
+    h.finish("gen", output=json.dumps({"made": {"job": job("x" * 200)}}))
+    attempt = h.run(run_id)["taskAttempts"]["gen"][0]
+    assert attempt["succeeded"] is False
+    assert "limit 100" in attempt["executorLog"]
+    assert sorted(h.task_states(run_id)) == ["gen", "last"]
+
+
+def test_truncated_generator_output_is_refused():
+    """Output the executor cut short is never taken for a complete task list."""
+    h = Harness()
+    run_id = generator_run(h)
+    h.finish("gen", output=json.dumps({"made": {"job": job()}}), output_truncated=True)
+    attempt = h.run(run_id)["taskAttempts"]["gen"][0]
+    assert "cut at the executor's output limit" in attempt["executorLog"]
+    assert h.task_states(run_id) == {"gen": "ERRORED", "last": "QUEUED"}
+
+
+def test_generated_tasks_are_bounded_per_generator_and_per_run():
+    """A generator may add at most max_generated_tasks, and never grow the run past
+    max_tasks_per_run; the instance count is checked before expanding."""
+    per_generator = Harness(limits=RunLimits(max_generated_tasks=2))
+    run_id = generator_run(per_generator)
+    per_generator.finish("gen", output=json.dumps({"made": {"job": job("{{X}}")}}))
+    log = per_generator.run(run_id)["taskAttempts"]["gen"][0]["executorLog"]
+    assert "would make 3 tasks (limit 2)" in log
+    per_run = Harness(limits=RunLimits(max_tasks_per_run=4))
+    run_id = generator_run(per_run)
+    per_run.finish("gen", output=json.dumps({"made": {"job": job("{{X}}")}}))
+    log = per_run.run(run_id)["taskAttempts"]["gen"][0]["executorLog"]
+    assert "would make 3 tasks (limit 2)" in log
+    fits = Harness(limits=RunLimits(max_tasks_per_run=5))
+    run_id = generator_run(fits)
+    fits.finish("gen", output=json.dumps({"made": {"job": job("{{X}}")}}))
+    assert sorted(fits.task_states(run_id)) == ["gen", "last", "made[X=1]", "made[X=2]",
+                                                 "made[X=3]"]
+
+
+def test_deeply_nested_generator_output_fails_cleanly():
+    """Output nested beyond what a JSON decoder can take fails the attempt, no crash."""
+    h = Harness()
+    run_id = generator_run(h)
+    h.finish("gen", output="[" * 100_000 + "]" * 100_000)
+    log = h.run(run_id)["taskAttempts"]["gen"][0]["executorLog"]
+    assert "not valid JSON" in log
+
+
+def test_queued_runs_are_bounded():
+    """Beyond max_queued_runs waiting runs, a submission is refused with 429 and nothing
+    is recorded; it is accepted again once a waiting run starts."""
+    h = Harness(max_active_runs=1, limits=RunLimits(max_queued_runs=2))
+    spec = {"tasks": {"a": {"job": job()}}}
+    ids = [h.submit(spec) for _ in range(3)]  # one active, two waiting
+    with pytest.raises(TooManyRequests) as refused:
+        h.submit(spec)
+    assert refused.value.status == 429
+    assert "limit 2" in refused.value.message
+    assert len(result_of(h.store.list_runs(all_runs=True))) == 3
+    h.finish("a")
+    assert h.run_state(ids[0]) == "COMPLETED"
+    h.submit(spec)
+
+
+def test_job_nesting_is_bounded():
+    """A job nested deeper than max_job_depth is refused with its path."""
+    h = Harness(limits=RunLimits(max_job_depth=3))
+    deep = {"command": ["x"], "environment": {"A": [["too deep"]]}}
+    with pytest.raises(SpecInvalid) as refused:
+        h.submit({"tasks": {"a": {"job": deep}}})
+    assert refused.value.errors == ["tasks.a.job: nested deeper than 3 levels"]
 
 
 def test_dag_threads_queue_runs(harness):

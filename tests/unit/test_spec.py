@@ -318,6 +318,28 @@ def test_expansion_beyond_the_task_limit_is_rejected_before_expanding():
         "tasks: expansion would make 6 tasks (limit 5)"]
 
 
+def test_a_trillion_instances_are_counted_not_made():
+    """Four parameters of 1,000 values (10^12 instances) are refused at once: the count is
+    a product, so nothing of that size is ever allocated."""
+    values = [str(index) for index in range(1000)]
+    parameters = {name: values for name in ("A", "B", "C", "D")}
+    assert errors_of({"parameters": parameters,
+                      "tasks": {"a": {"job": job("{{A}}", "{{B}}", "{{C}}", "{{D}}")}}}) == [
+        "tasks: expansion would make 1000000000000 tasks (limit 1000000)"]
+
+
+def test_job_nesting_beyond_the_limit_is_rejected_with_its_path():
+    """Nesting is measured without recursion, so even 100,000 levels give a clean error."""
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert errors_of({"tasks": {"a": {"job": {"command": ["x"], "environment": deep}}}}) == [
+        "tasks.a.job: nested deeper than 32 levels"]
+    three_deep = {"tasks": {"a": {"job": {"command": ["x"], "environment": {"A": {"B": "c"}}}}}}
+    assert "tasks.a.job: nested deeper than 2 levels" in errors_of(three_deep, max_job_depth=2)
+    assert [task.name for task in parse(three_deep, max_job_depth=3).tasks] == ["a"]
+
+
 def test_every_problem_is_reported_at_once():
     """Problems in the top level, in one task and in another task's edges all come back."""
     assert errors_of({

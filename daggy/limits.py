@@ -1,0 +1,32 @@
+"""The limits a run is held to, with their defaults (docs/security.md lists them all).
+
+Pure: no Twisted imports.  Every limit is checked before the work it bounds is done: the
+instance count of a parameter expansion is computed, not produced, before it is compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    #: Tasks of one run after expansion, generated tasks included.
+    max_tasks_per_run: int = 1_000_000
+    #: Nesting of lists and objects inside one job object.
+    max_job_depth: int = 32
+    #: Runs waiting for one of the ``dag-threads`` active slots; more are refused (429).
+    max_queued_runs: int = 1_000
+    #: Tasks (after expansion) one generator attempt may add.
+    max_generated_tasks: int = 100_000
+    #: Bytes of a generator's stdout that are parsed as its task list.
+    max_generator_output_bytes: int = 16 * MiB
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1 (got {value!r})")
+        if self.max_job_depth < 2:
+            raise ValueError("max_job_depth: must be at least 2 (a job holding a list)")
