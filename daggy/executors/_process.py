@@ -7,6 +7,7 @@ Nothing here touches the reactor; everything is plain and synchronous so it is e
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import stat
@@ -73,8 +74,24 @@ class BoundedOutput:
         return self.total > self._kept
 
     def text(self) -> str:
-        """The kept bytes decoded as UTF-8 (invalid sequences become U+FFFD)."""
-        return b"".join(self._chunks).decode("utf-8", errors="replace")
+        """The kept bytes as text; see :func:`decode_output`."""
+        return decode_output(b"".join(self._chunks), cut=self.truncated)
+
+
+def decode_output(data: bytes, cut: bool = False) -> str:
+    """Task output as text that any JSON encoder can write: UTF-8, with every byte sequence
+    that is not valid UTF-8 replaced by U+FFFD (one per maximal invalid sequence, as
+    ``bytes.decode(errors="replace")`` does).  NUL and other control bytes stay as the
+    characters they are (JSON escapes them as ``\\u0000`` ...); the result never holds a
+    lone surrogate.
+
+    ``cut``: ``data`` is the head of a longer output, so a multi-byte character the cut went
+    through is dropped instead of becoming U+FFFD.
+    """
+    if not cut:
+        return data.decode("utf-8", errors="replace")
+    # Without final=True the decoder holds back an incomplete (so far valid) last sequence.
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
 
 
 def command_job_errors(job: dict[str, Any], path: str, allowed_fields: tuple[str, ...],

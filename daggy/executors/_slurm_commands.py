@@ -129,22 +129,44 @@ def reserved_option(arg: str) -> bool:
 
 
 def safe_name(text: str) -> str:
-    """A file-name and job-name safe rendering of a task name: no path separators, no
-    leading dot, at most :data:`MAX_NAME_LENGTH` characters."""
-    name = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".")[:MAX_NAME_LENGTH]
+    """A file-name and job-name safe rendering of a task name: only ASCII letters, digits,
+    ``.``, ``_`` and ``-`` (every other run of characters, ``/``, NUL, control characters and
+    non-ASCII letters included, becomes one ``_``), no leading ``.`` or ``-`` (so never
+    ``..`` nor something a command reads as an option), at most :data:`MAX_NAME_LENGTH`
+    characters, never empty.
+
+    Different names can give the same result; :func:`file_stem` and :func:`job_name` add a
+    hash wherever that matters."""
+    name = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".-")[:MAX_NAME_LENGTH]
     return name or "task"
+
+
+def _hashed(wanted: str, digits: int) -> str:
+    """``safe_name(wanted)`` when that leaves ``wanted`` unchanged, else the safe name cut
+    short and followed by ``~`` and ``digits`` hex digits of a SHA-1 of ``wanted``.
+
+    ``~`` is never part of an unchanged name (it is not a safe character), so a changed name
+    never equals an unchanged one, and two changed names only meet if their hashes do."""
+    name = safe_name(wanted)
+    if name == wanted:
+        return name
+    digest = hashlib.sha1(wanted.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
+    return f"{name[:MAX_NAME_LENGTH - digits - 1]}~{digest}"
 
 
 def job_name(prefix: str, run_id: int, task_name: str) -> str:
     """``<prefix>.<run id>.<task>`` as a Slurm job name.  When the task name had to be made
     safe (or shortened), a hash of the original keeps two tasks of one run from sharing a job
     name (a restarted daemon finds jobs by name)."""
-    wanted = f"{prefix}.{run_id}.{task_name}"
-    name = safe_name(wanted)
-    if name == wanted:
-        return name
-    digest = hashlib.sha1(wanted.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{name[:MAX_NAME_LENGTH - 9]}~{digest}"
+    return _hashed(f"{prefix}.{run_id}.{task_name}", 8)
+
+
+def file_stem(task_name: str) -> str:
+    """The task's part of its output file names (``<stem>.<job id>.out``): the task name
+    itself when it is already safe (see :func:`safe_name`), otherwise its safe form with
+    ``~`` and a 64-bit hash of the name, so that no two task names share a stem and no name
+    can point outside the run's directory."""
+    return _hashed(task_name, 16)
 
 
 def parse_named_jobs(output: str) -> dict[str, set[str]]:

@@ -12,6 +12,10 @@ hooks that module needs) ``reactor.spawnProcess`` runs ``/usr/bin/setsid -- <com
 the forked child is never a group leader, so setsid calls ``setsid()`` in place and then
 ``execvp``s the command, keeping the pid.  Either way the task sees exactly the ``argv`` the
 job gave (``argv[0]`` included), with the program looked up in the job's ``PATH``.
+
+A descendant that leaves the group (``setsid``, double fork) is found by the executor's
+isolation (:mod:`daggy.executors._isolation`): a cgroup per task where the machine allows
+it, else daggyd as a child subreaper plus a ``/proc`` walk at kill time.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daggy.executors._isolation import (
+    GroupOnlyScope,
+    Isolation,
+    Scope,
+    SessionIsolation,
+    choose_isolation,
+)
 from daggy.executors._spawn import can_spawn_session_leaders, spawn_session_leader
 from daggy.executors._process import (
     BoundedOutput,
@@ -91,6 +103,10 @@ class ForkingTaskExecutor:
     :param kill_group: ``os.killpg``-compatible; tests inject a fake.
     :param setsid_path: the util-linux ``setsid`` that puts each task in a new session when
         the reactor cannot spawn session leaders itself.
+    :param isolation: how the processes of a task are found when it is killed (see
+        :mod:`daggy.executors._isolation`): ``"auto"`` (the strongest this machine allows;
+        process groups only on a reactor that is not a real POSIX one), ``"cgroup"``,
+        ``"subreaper"``, ``"session"``, or an :class:`~daggy.executors._isolation.Isolation`.
     """
 
     log = Logger()
@@ -107,6 +123,7 @@ class ForkingTaskExecutor:
         *,
         kill_group: Callable[[int, int], None] = os.killpg,
         setsid_path: str = "/usr/bin/setsid",
+        isolation: str | Isolation = "auto",
     ) -> None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1, not {threads!r}")
@@ -125,9 +142,21 @@ class ForkingTaskExecutor:
         self._environ = dict(os.environ if environ is None else environ)
         self._kill_group = kill_group
         self._setsid_path = None if can_spawn_session_leaders(reactor) else setsid_path
+        if not isinstance(isolation, str):
+            self._isolation: Isolation = isolation
+        elif isolation == "auto" and not isinstance(reactor, PosixReactorBase):
+            self._isolation = SessionIsolation("not a real reactor")
+        else:
+            self._isolation = choose_isolation(isolation, reactor, threads)
+        if self._isolation.why_not_stronger:
+            self.log.info("task isolation: {mode} ({why})", mode=self._isolation.mode,
+                          why=self._isolation.why_not_stronger)
+        else:
+            self.log.info("task isolation: {mode}", mode=self._isolation.mode)
         self._running: set[ForkedExecution] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
+        self._closed = False
 
     def validate_job(self, job: Any, path: str) -> list[str]:
         """Every problem with ``job``, each as ``"<path>.<field>: <message>"``.
@@ -174,6 +203,9 @@ class ForkingTaskExecutor:
         except (ProgramNotFound, OSError) as e:
             return self._spawn_failed(label, start_time, str(e))
 
+        scope = self._isolation.new_scope()
+        # Last, so a job cannot override it.
+        environment.update(scope.environment)
         execution = ForkedExecution(
             self._reactor,
             self._kill_group,
@@ -183,14 +215,17 @@ class ForkingTaskExecutor:
             kill_grace_seconds=self._kill_grace_seconds,
             max_output_bytes=self._max_output_bytes,
             on_ended=self._execution_ended,
+            scope=scope,
         )
         try:
             execution.spawn(program, command, environment, work_dir, self._setsid_path)
         except (OSError, ValueError) as e:
             # OSError: fork or pipe limits; ValueError: e.g. a NUL byte in an argument that
             # came from a parameter value.
+            scope.release()
             return self._spawn_failed(label, start_time, str(e))
         except Exception as e:
+            scope.release()
             self.log.failure("spawnProcess failed unexpectedly for {label}", label=label)
             return self._spawn_failed(label, start_time, f"{type(e).__name__}: {e}")
         if not execution.ended:
@@ -213,6 +248,7 @@ class ForkingTaskExecutor:
         for execution in list(self._running):
             execution.kill(SHUTDOWN_REASON)
         if not self._running:
+            self._close_isolation()
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idle_waiters.append(waiter)
@@ -222,6 +258,22 @@ class ForkingTaskExecutor:
     def running_count(self) -> int:
         """How many attempts have started and not yet ended."""
         return len(self._running)
+
+    @property
+    def isolation(self) -> str:
+        """The mechanism that finds a task's processes: ``cgroup``, ``subreaper`` or
+        ``session``."""
+        return self._isolation.mode
+
+    def _close_isolation(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._isolation.close()
+        except Exception:
+            self.log.failure("could not release the task isolation ({mode})",
+                             mode=self._isolation.mode)
 
     def _spawn_failed(self, label: str, start_time: float, why: str) -> FinishedExecution:
         self.log.warn("could not start {label}: {why}", label=label, why=why)
@@ -237,6 +289,8 @@ class ForkingTaskExecutor:
 
     def _execution_ended(self, execution: ForkedExecution) -> None:
         self._running.discard(execution)
+        if not self._running and self._stopped:
+            self._close_isolation()
         if not self._running and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
@@ -284,6 +338,7 @@ class ForkedExecution:
         kill_grace_seconds: float,
         max_output_bytes: int,
         on_ended: Callable[[ForkedExecution], None],
+        scope: Scope | None = None,
     ) -> None:
         self.result: Deferred[Attempt] = Deferred()
         self._reactor = reactor
@@ -293,6 +348,8 @@ class ForkedExecution:
         self._timeout_seconds = timeout_seconds
         self._grace = kill_grace_seconds
         self._on_ended = on_ended
+        #: Where the task's processes are, beyond its process group.
+        self._scope: Scope = scope if scope is not None else GroupOnlyScope()
         self._stdout = BoundedOutput(max_output_bytes)
         self._stderr = BoundedOutput(max_output_bytes)
         self._transport: Any = None
@@ -321,13 +378,14 @@ class ForkedExecution:
         to the caller."""
         protocol = _ProcessAdapter(self)
         try:
-            if setsid_path is None:
-                transport = spawn_session_leader(self._reactor, protocol, program, command,
-                                                 env, work_dir)
-            else:
-                transport = self._reactor.spawnProcess(
-                    protocol, setsid_path, [setsid_path, "--", *command], env=env,
-                    path=work_dir)
+            with self._scope.spawning():
+                if setsid_path is None:
+                    transport = spawn_session_leader(self._reactor, protocol, program, command,
+                                                     env, work_dir)
+                else:
+                    transport = self._reactor.spawnProcess(
+                        protocol, setsid_path, [setsid_path, "--", *command], env=env,
+                        path=work_dir)
         except BaseException:
             # A late processEnded from a half-started process must not fire the result.
             self.ended = True
@@ -347,6 +405,8 @@ class ForkedExecution:
         """
         self._transport = transport
         self._pgid = transport.pid
+        if self._pgid is not None:
+            self._scope.started(self._pgid)
 
     def kill(self, reason: str) -> None:
         """SIGTERM the process group, SIGKILL it ``kill_grace_seconds`` later; ``result``
@@ -366,6 +426,7 @@ class ForkedExecution:
     def process_exited(self) -> None:
         """The child is reaped, but a background process may still hold its output pipes."""
         self._exited = True
+        self._scope.task_reaped()
         if self.ended:
             return
         self._cancel_timeout()
@@ -380,6 +441,7 @@ class ForkedExecution:
             return
         self.ended = True
         self._exited = True
+        self._scope.task_reaped()
         self._cancel_timeout()
         for name in ("_sigkill_call", "_abandon_call"):
             call = getattr(self, name)
@@ -390,6 +452,10 @@ class ForkedExecution:
             # Group members that ignored SIGTERM and do not hold our pipes would otherwise
             # survive a kill; the group id cannot be reused while any of them lives.
             self._signal_group(signal.SIGKILL)
+        try:
+            self._scope.release()
+        except Exception:
+            self.log.failure("{label}: could not release its isolation scope", label=self._label)
         try:
             attempt = self._make_attempt(reason)
         except Exception:
@@ -462,13 +528,29 @@ class ForkedExecution:
         self._timeout_call = None
 
     def _signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the task's process group, then to the task's processes that
+        left it (as far as the isolation scope finds them)."""
+        group_reached = self._signal_process_group(signum)
+        try:
+            others = self._scope.signal(signum, self._pgid if group_reached else None)
+        except Exception:
+            self.log.failure("{label}: could not signal the processes outside its process "
+                             "group", label=self._label)
+            return
+        if others and signum == signal.SIGTERM:
+            plural = "es" if others != 1 else ""
+            self._notes.append(f"SIGTERM also sent to {others} process{plural} outside the "
+                               "task's process group")
+
+    def _signal_process_group(self, signum: int) -> bool:
+        """Whether the whole process group was signalled."""
         pgid = self._pgid
         # 0 would be our own group and -1 every process we may signal.
         if pgid is None or pgid <= 1:
-            return
+            return False
         try:
             self._kill_group(pgid, signum)
-            return
+            return True
         except ProcessLookupError:
             # Either the group is gone, or the child has not reached setsid() yet.
             pass
@@ -479,9 +561,10 @@ class ForkedExecution:
                 pgid=pgid,
                 error=e,
             )
-            return
+            return False
         if not self._exited:
             try:
                 self._transport.signalProcess(signum)
             except (ProcessExitedAlready, OSError):
                 pass
+        return False

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from daggy.executors._process import FinishedExecution
+from daggy.executors._process import FinishedExecution, decode_output
 from daggy.executors._slurm_commands import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -28,6 +28,7 @@ from daggy.executors._slurm_commands import (
     JobStatus,
     batch_script,
     describe_status,
+    file_stem,
     job_name,
     job_options,
     parse_named_jobs,
@@ -175,7 +176,7 @@ class SlurmTaskExecutor:
                    now: float) -> SlurmExecution:
         """An execution ready to submit ``job`` (or already failed: no output directory)."""
         run_dir = os.path.join(self._output_dir, f"run-{run_id}")
-        stem = os.path.join(run_dir, safe_name(task_name))
+        stem = os.path.join(run_dir, file_stem(task_name))
         name = job_name(self._job_name_prefix, run_id, task_name)
         stdout, stderr = stem + ".%j.out", stem + ".%j.err"
         argv = [
@@ -313,7 +314,7 @@ class SlurmTaskExecutor:
         except OSError:
             return "", False
         truncated = len(data) > self._max_output_bytes
-        return data[: self._max_output_bytes].decode("utf-8", errors="replace"), truncated
+        return decode_output(data[: self._max_output_bytes], cut=truncated), truncated
 
     # -- polling ---------------------------------------------------------------------------
 

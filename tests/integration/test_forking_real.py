@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 
@@ -22,6 +23,21 @@ def reactor():
     from twisted.internet import reactor
 
     return reactor
+
+
+@pytest.fixture
+def executors(reactor):
+    """``make(**options)``: ForkingTaskExecutors on the real reactor, stopped after the test
+    so that each gives back its task cgroups and the subreaper flag."""
+    made: list[ForkingTaskExecutor] = []
+
+    def make(**options) -> ForkingTaskExecutor:
+        made.append(ForkingTaskExecutor(reactor, **options))
+        return made[-1]
+
+    yield make
+    for executor in made:
+        executor.stop()
 
 
 @pytest.fixture
@@ -75,19 +91,19 @@ async def run(executor, job):
 
 
 @pytest_twisted.ensureDeferred
-async def test_echo_output(reactor):
+async def test_echo_output(reactor, executors):
     """/bin/echo's output is captured and the attempt succeeds."""
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": ["/bin/echo", "hello", "world"]})
+    attempt = await run(executors(), {"command": ["/bin/echo", "hello", "world"]})
     assert attempt.output_log == "hello world\n"
     assert (attempt.rc, attempt.succeeded, attempt.error_log) == (0, True, "")
     assert attempt.executor_log == "exited with code 0"
 
 
 @pytest_twisted.ensureDeferred
-async def test_exit_code_and_stderr(reactor):
+async def test_exit_code_and_stderr(reactor, executors):
     """A non-zero exit code is recorded with the task's stderr."""
     attempt = await run(
-        ForkingTaskExecutor(reactor), {"command": ["sh", "-c", "echo oops >&2; exit 3"]}
+        executors(), {"command": ["sh", "-c", "echo oops >&2; exit 3"]}
     )
     assert (attempt.rc, attempt.succeeded) == (3, False)
     assert attempt.error_log == "oops\n"
@@ -95,18 +111,18 @@ async def test_exit_code_and_stderr(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_binary(reactor):
+async def test_missing_binary(reactor, executors):
     """A program that does not exist gives a failed attempt without a process."""
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": ["/no/such/bin"]})
+    attempt = await run(executors(), {"command": ["/no/such/bin"]})
     assert (attempt.rc, attempt.succeeded) == (None, False)
     assert attempt.executor_log == "spawn failed: /no/such/bin: No such file or directory"
 
 
 @pytest_twisted.ensureDeferred
-async def test_ten_mebibytes_of_stdout(reactor):
+async def test_ten_mebibytes_of_stdout(reactor, executors):
     """10 MiB of stdout is captured completely under the default limit."""
     command = ["sh", "-c", f"head -c {TEN_MIB} /dev/zero | tr '\\0' a"]
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": command})
+    attempt = await run(executors(), {"command": command})
     assert attempt.succeeded
     assert len(attempt.output_log) == TEN_MIB
     assert attempt.output_log.count("a") == TEN_MIB
@@ -114,9 +130,9 @@ async def test_ten_mebibytes_of_stdout(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_truncation_with_a_small_limit(reactor):
+async def test_truncation_with_a_small_limit(reactor, executors):
     """Output past maxOutputBytes is dropped, flagged and counted in executorLog."""
-    executor = ForkingTaskExecutor(reactor, max_output_bytes=1000)
+    executor = executors(max_output_bytes=1000)
     command = ["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' b"]
     attempt = await run(executor, {"command": command})
     assert attempt.output_log == "b" * 1000
@@ -127,12 +143,12 @@ async def test_truncation_with_a_small_limit(reactor):
 
 @pytest.mark.parametrize("how", ["posix_spawn", "fork (workDir)", "setsid helper"])
 @pytest_twisted.ensureDeferred
-async def test_task_runs_in_its_own_process_group(reactor, tmp_path, how):
+async def test_task_runs_in_its_own_process_group(reactor, executors, tmp_path, how):
     """The task's pid is its process group and session id, and is recorded in the attempt,
     whether it was spawned directly, forked (a workDir rules out posix_spawn) or through
     the setsid helper (the fallback when Twisted lacks the hooks)."""
     code = "import os; print(os.getpid(), os.getpgrp(), os.getsid(0))"
-    executor = ForkingTaskExecutor(reactor)
+    executor = executors()
     job = {"command": [sys.executable, "-c", code]}
     if how == "fork (workDir)":
         job["workDir"] = str(tmp_path)
@@ -144,17 +160,39 @@ async def test_task_runs_in_its_own_process_group(reactor, tmp_path, how):
     assert pgid != os.getpgrp()
 
 
+@pytest.mark.parametrize("how", ["posix_spawn", "fork (workDir)", "setsid helper"])
 @pytest_twisted.ensureDeferred
-async def test_argv_is_passed_unchanged(reactor):
+async def test_task_is_born_in_its_own_cgroup(reactor, executors, tmp_path, how):
+    """With cgroup isolation the task's first instruction already runs in its own cgroup
+    (daggyd spawns it from inside), however it was spawned; daggyd itself is back home."""
+    try:
+        executor = executors(isolation="cgroup")
+    except ValueError as e:
+        pytest.skip(str(e))
+    before = open("/proc/self/cgroup").read()
+    job = {"command": ["cat", "/proc/self/cgroup"]}
+    if how == "fork (workDir)":
+        job["workDir"] = str(tmp_path)
+    elif how == "setsid helper":
+        executor._setsid_path = "/usr/bin/setsid"
+    attempt = await run(executor, job)
+    [v2_line] = [line for line in attempt.output_log.splitlines() if line.startswith("0::")]
+    base_name = os.path.basename(executor._isolation.base)
+    assert re.search(rf"/{re.escape(base_name)}/t\d+$", v2_line), v2_line
+    assert open("/proc/self/cgroup").read() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_argv_is_passed_unchanged(reactor, executors):
     """The task sees exactly the job's argv, argv[0] included, without a shell."""
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": ["cat", "/proc/self/cmdline"]})
+    attempt = await run(executors(), {"command": ["cat", "/proc/self/cmdline"]})
     assert attempt.output_log.split("\0") == ["cat", "/proc/self/cmdline", ""]
 
 
 @pytest_twisted.ensureDeferred
-async def test_environment_and_work_dir(reactor, tmp_path):
+async def test_environment_and_work_dir(reactor, executors, tmp_path):
     """Job variables are added to the daemon's environment and workDir is the cwd."""
-    executor = ForkingTaskExecutor(reactor, environ={"PATH": os.defpath, "KEEP": "daemon"})
+    executor = executors(environ={"PATH": os.defpath, "KEEP": "daemon"})
     job = {
         "command": ["sh", "-c", 'echo "$KEEP $DAGGY_X"; pwd'],
         "environment": {"DAGGY_X": "from job"},
@@ -166,8 +204,8 @@ async def test_environment_and_work_dir(reactor, tmp_path):
 
 @pytest.mark.parametrize("work_dir", [False, True], ids=["posix_spawn", "fork"])
 @pytest_twisted.ensureDeferred
-async def test_task_inherits_no_descriptor_but_its_pipes(reactor, monkeypatch, tmp_path,
-                                                        work_dir):
+async def test_task_inherits_no_descriptor_but_its_pipes(reactor, executors, monkeypatch,
+                                                        tmp_path, work_dir):
     """A descriptor daggyd inherited (not close-on-exec) never reaches a task: the task has
     exactly stdin, stdout and stderr open."""
     from daggy.executors import _spawn
@@ -180,7 +218,7 @@ async def test_task_inherits_no_descriptor_but_its_pipes(reactor, monkeypatch, t
                            "import os; print(sorted(map(int, os.listdir('/proc/self/fd'))))"]}
         if work_dir:
             job["workDir"] = str(tmp_path)
-        attempt = await run(ForkingTaskExecutor(reactor), job)
+        attempt = await run(executors(), job)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -189,16 +227,16 @@ async def test_task_inherits_no_descriptor_but_its_pipes(reactor, monkeypatch, t
 
 
 @pytest_twisted.ensureDeferred
-async def test_stdin_is_closed(reactor):
+async def test_stdin_is_closed(reactor, executors):
     """A task reading stdin sees end-of-file at once instead of hanging."""
-    attempt = await run(ForkingTaskExecutor(reactor), {"command": ["cat"], "timeoutSeconds": 10})
+    attempt = await run(executors(), {"command": ["cat"], "timeoutSeconds": 10})
     assert (attempt.rc, attempt.output_log, attempt.timed_out) == (0, "", False)
 
 
 @pytest_twisted.ensureDeferred
-async def test_timeout_kills_the_grandchild_too(reactor):
+async def test_timeout_kills_the_grandchild_too(reactor, executors):
     """A timeout terminates the whole group, including a background grandchild."""
-    executor = ForkingTaskExecutor(reactor, kill_grace_seconds=5)
+    executor = executors(kill_grace_seconds=5)
     job = {"command": ["sh", "-c", "sleep 100 & sleep 100"], "timeoutSeconds": 0.5}
     started = reactor.seconds()
     attempt = await run(executor, job)
@@ -210,9 +248,9 @@ async def test_timeout_kills_the_grandchild_too(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_ignored_escalates_to_sigkill(reactor):
+async def test_sigterm_ignored_escalates_to_sigkill(reactor, executors):
     """Processes that ignore SIGTERM are killed with SIGKILL after the grace period."""
-    executor = ForkingTaskExecutor(reactor, kill_grace_seconds=0.5)
+    executor = executors(kill_grace_seconds=0.5)
     job = {"command": ["sh", "-c", "trap '' TERM; sleep 100 & sleep 100"], "timeoutSeconds": 0.2}
     attempt = await run(executor, job)
     assert attempt.timed_out and attempt.rc is None
@@ -231,9 +269,9 @@ def command_line(pid: int) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_kill_with_reason(reactor):
+async def test_kill_with_reason(reactor, executors):
     """kill() ends a running task and its reason is recorded."""
-    executor = ForkingTaskExecutor(reactor)
+    executor = executors()
     job = {"command": ["sh", "-c", "echo started; exec sleep 100"]}
     execution = executor.start(1, "task", job)
     await wait_until(reactor, lambda: command_line(execution.pid) == ["sleep", "100"])
@@ -248,9 +286,9 @@ async def test_kill_with_reason(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_kill_right_after_start(reactor):
+async def test_kill_right_after_start(reactor, executors):
     """A kill sent before the task has its own process group still ends it at once."""
-    executor = ForkingTaskExecutor(reactor)
+    executor = executors()
     for _ in range(20):
         execution = executor.start(1, "task", {"command": ["sleep", "100"]})
         execution.kill("user request")
@@ -260,9 +298,9 @@ async def test_kill_right_after_start(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_kills_running_tasks(reactor):
+async def test_stop_kills_running_tasks(reactor, executors):
     """stop() kills every running task and fires once all have ended."""
-    executor = ForkingTaskExecutor(reactor)
+    executor = executors()
     executions = [executor.start(1, f"t{n}", {"command": ["sleep", "100"]}) for n in range(3)]
     await executor.stop()
     for execution in executions:
@@ -273,9 +311,9 @@ async def test_stop_kills_running_tasks(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_background_process_holding_stdout_does_not_hang(reactor, leftover_groups):
+async def test_background_process_holding_stdout_does_not_hang(reactor, executors, leftover_groups):
     """A task that exits leaving a background process on its stdout still ends after the grace."""
-    executor = ForkingTaskExecutor(reactor, kill_grace_seconds=0.5)
+    executor = executors(kill_grace_seconds=0.5)
     started = reactor.seconds()
     attempt = await run(executor, {"command": ["sh", "-c", "sleep 30 & echo done"]})
     assert "pid" in attempt.executor_state, attempt

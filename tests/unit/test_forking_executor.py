@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import os
 import signal
 
 import pytest
 from twisted.internet.error import ProcessDone
 from twisted.python.failure import Failure
 
-from daggy.executors._process import BoundedOutput, ProgramNotFound, find_program
+from daggy.executors._isolation import (
+    IsolationUnavailable,
+    ProcessTreeScope,
+    ProcStat,
+    own_cgroup_dir,
+    parse_stat,
+    task_processes,
+)
+from daggy.executors._process import BoundedOutput, ProgramNotFound, decode_output, find_program
 from daggy.executors.forking import ForkingTaskExecutor
 from daggy.testing import FakeProcessReactor, result_of
 
@@ -650,3 +661,291 @@ def test_start_beyond_capacity_still_runs(reactor):
     assert len(reactor.running_processes()) == 2
     for process in reactor.processes:
         process.exit(0)
+
+
+# Output decoding
+
+
+@pytest.mark.parametrize("data, cut, text", [
+    (b"plain", False, "plain"),
+    (b"a\xffb", False, "a\ufffdb"),
+    (b"nul\x00esc\x1b", False, "nul\x00esc\x1b"),
+    (b"\xed\xa0\x80", False, "\ufffd\ufffd\ufffd"),  # an encoded surrogate is not UTF-8
+    (b"\xc3(", False, "\ufffd("),
+    (b"euro \xe2\x82", False, "euro \ufffd"),
+    (b"euro \xe2\x82", True, "euro "),
+    (b"\xff\xe2\x82\xac", True, "\ufffd\u20ac"),
+])
+def test_output_is_decoded_to_text_any_json_encoder_can_write(data, cut, text):
+    """Task bytes become text with U+FFFD for what is not UTF-8 (never a lone surrogate);
+    a character cut by the output limit is dropped, not replaced."""
+    assert decode_output(data, cut=cut) == text
+    assert json.loads(json.dumps(text)) == text
+    text.encode("utf-8")  # strict: no surrogates
+
+
+def test_a_character_cut_by_the_limit_is_dropped(reactor):
+    """When maxOutputBytes ends inside a multi-byte character, the partial character is
+    left out of outputLog instead of becoming U+FFFD."""
+    execution = make_executor(reactor, max_output_bytes=4).start(1, "pull", {"command": ["true"]})
+    reactor.last_process.send_stdout("ab\u20ac".encode())
+    reactor.last_process.exit(0)
+    attempt = result_of(execution.result)
+    assert (attempt.output_log, attempt.output_truncated) == ("ab", True)
+
+
+# Isolation: the executor's use of a scope
+
+
+class FakeScope:
+    """Records what the executor asks of it."""
+
+    def __init__(self, reactor, others=2):
+        self.reactor = reactor
+        self.environment = {"DAGGY_TASK_ID": "7.1.1"}
+        self.events = []
+        self.others = others
+
+    @contextlib.contextmanager
+    def spawning(self):
+        self.events.append(("enter", len(self.reactor.processes)))
+        try:
+            yield
+        finally:
+            self.events.append(("leave", len(self.reactor.processes)))
+
+    def started(self, pid):
+        self.events.append(("started", pid))
+
+    def task_reaped(self):
+        if ("reaped",) not in self.events:
+            self.events.append(("reaped",))
+
+    def signal(self, signum, skip_group):
+        self.events.append(("signal", signum, skip_group))
+        return self.others
+
+    def release(self):
+        self.events.append(("release",))
+
+
+class FakeIsolation:
+    mode = "fake"
+    why_not_stronger = ""
+
+    def __init__(self, reactor, others=2):
+        self.scopes = []
+        self.closed = 0
+        self._reactor = reactor
+        self._others = others
+
+    def new_scope(self):
+        self.scopes.append(FakeScope(self._reactor, self._others))
+        return self.scopes[-1]
+
+    def close(self):
+        self.closed += 1
+
+
+def test_task_is_spawned_inside_its_scope_with_the_scope_environment(reactor):
+    """The spawn happens inside the scope's context, the scope learns the pid, and the
+    scope's variables are laid over the job's (a job cannot override them)."""
+    isolation = FakeIsolation(reactor)
+    executor = make_executor(reactor, isolation=isolation)
+    executor.start(1, "pull", {"command": ["true"],
+                               "environment": {"DAGGY_TASK_ID": "forged", "X": "1"}})
+    process = reactor.last_process
+    [scope] = isolation.scopes
+    assert scope.events == [("enter", 0), ("started", process.pid), ("leave", 1)]
+    assert process.env["DAGGY_TASK_ID"] == "7.1.1" and process.env["X"] == "1"
+    process.exit(0)
+    assert scope.events[3:] == [("reaped",), ("release",)]
+    assert executor.isolation == "fake"
+
+
+def test_kill_signals_the_group_then_the_rest_of_the_task(reactor):
+    """A kill sends SIGTERM to the group and then to the scope (group members left out);
+    SIGKILL goes to both after the grace and once more when the task has ended; the scope is
+    released after that, and executorLog counts the processes outside the group."""
+    isolation = FakeIsolation(reactor)
+    execution = make_executor(reactor, isolation=isolation).start(1, "pull", {"command": ["true"]})
+    process = reactor.last_process
+    [scope] = isolation.scopes
+    pid = execution.pid
+    execution.kill("user request")
+    reactor.advance(5)
+    process.die("KILL")
+    assert process.group_signals == [signal.SIGTERM, signal.SIGKILL]
+    assert [event for event in scope.events if event[0] in ("signal", "release")] == [
+        ("signal", signal.SIGTERM, pid), ("signal", signal.SIGKILL, pid),
+        ("signal", signal.SIGKILL, None), ("release",)]
+    attempt = result_of(execution.result)
+    assert attempt.executor_log.splitlines() == [
+        "killed: user request",
+        "SIGTERM also sent to 2 processes outside the task's process group",
+        "still running 5s after SIGTERM: sent SIGKILL",
+        "killed by signal SIGKILL",
+    ]
+
+
+def test_a_task_ending_by_itself_only_releases_its_scope(reactor):
+    """Without a kill or timeout nothing is signalled; the scope is released."""
+    isolation = FakeIsolation(reactor)
+    make_executor(reactor, isolation=isolation).start(1, "pull", {"command": ["true"]})
+    reactor.last_process.exit(1)
+    [scope] = isolation.scopes
+    assert not [event for event in scope.events if event[0] == "signal"]
+    assert scope.events[-1] == ("release",)
+
+
+def test_the_scope_of_a_failed_spawn_is_released(reactor):
+    """When spawnProcess raises, the scope is left and released at once."""
+    isolation = FakeIsolation(reactor)
+    reactor.spawn_error = OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    execution = make_executor(reactor, isolation=isolation).start(1, "pull", {"command": ["true"]})
+    assert result_of(execution.result).executor_log.startswith("spawn failed:")
+    [scope] = isolation.scopes
+    assert scope.events[0][0] == "enter" and scope.events[-1] == ("release",)
+    assert ("leave", 0) in scope.events
+
+
+def test_stop_closes_the_isolation_once_every_task_ended(reactor):
+    """The isolation is closed exactly once, after the last attempt of a stopped executor."""
+    isolation = FakeIsolation(reactor, others=0)
+    executor = make_executor(reactor, isolation=isolation)
+    executor.start(1, "pull", {"command": ["true"]})
+    stopped = executor.stop()
+    assert isolation.closed == 0
+    reactor.last_process.die("TERM")
+    assert result_of(stopped) is None and isolation.closed == 1
+    executor.stop()
+    assert isolation.closed == 1
+
+
+def test_auto_isolation_on_a_fake_reactor_uses_process_groups_only(reactor):
+    """"auto" never touches cgroups or the subreaper flag for a reactor that is not real."""
+    assert make_executor(reactor).isolation == "session"
+    assert make_executor(reactor, isolation="session").isolation == "session"
+
+
+def test_unknown_isolation_is_refused(reactor):
+    """An isolation name that does not exist is a configuration error."""
+    with pytest.raises(ValueError, match="isolation must be one of auto, cgroup"):
+        make_executor(reactor, isolation="jail")
+
+
+# Isolation: finding a task's processes
+
+
+def test_stat_is_parsed_past_a_command_name_with_parentheses():
+    """The command name may contain spaces and ')': fields are read after its last ')'."""
+    stat = parse_stat(b"42 (a) b (c)) S 7 40 39 0 -1 4194560 0 0")
+    assert stat == ProcStat(ppid=7, pgid=40, sid=39, state="S") and stat.alive
+    assert not parse_stat(b"43 (x) Z 1 43 43 0").alive
+
+
+DAEMON = 100
+TASK = 200
+
+
+def table(**rows):
+    """pid=ppid,pgid,sid,state"""
+    return {int(pid[1:]): ProcStat(*map(int, row[:3]), row[3]) for pid, row in rows.items()}
+
+
+PROCESSES = table(
+    p1=(0, 1, 1, "S"),
+    p100=(1, 100, 1, "S"),          # daggyd
+    p200=(100, 200, 200, "S"),      # the task
+    p201=(200, 200, 200, "S"),      # its child, in its group
+    p202=(200, 202, 200, "S"),      # a job-control group of its session
+    p203=(200, 203, 203, "S"),      # a child that called setsid
+    p204=(203, 204, 204, "S"),      # ... and its own setsid'd child
+    p205=(200, 200, 200, "Z"),      # a zombie child
+    p300=(100, 300, 300, "S"),      # an orphan of the task (carries its id)
+    p301=(300, 301, 301, "S"),      # the orphan's child
+    p400=(100, 400, 400, "S"),      # another task
+    p401=(100, 401, 401, "S"),      # an orphan of the other task
+    p500=(1, 500, 500, "S"),        # unrelated
+)
+
+
+def test_task_processes_follow_sessions_groups_parents_and_the_task_id():
+    """The task, its session, its group, its descendants, the daemon's orphans carrying the
+    task's id and their descendants; never zombies, the daemon, pid 1 or other tasks."""
+    def carries(pid):
+        return pid == 300
+
+    found = task_processes(PROCESSES, TASK, False, DAEMON, carries)
+    assert found == [200, 201, 202, 203, 204, 300, 301]
+
+
+def test_a_reaped_task_pid_is_not_trusted():
+    """Once the task is reaped its pid may be someone else's: a process with that pid
+    outside the task's session and group is left alone."""
+    processes = table(p100=(1, 100, 1, "S"), p200=(1, 600, 600, "S"), p201=(1, 200, 200, "S"))
+    assert task_processes(processes, TASK, True, DAEMON, lambda pid: False) == [201]
+    assert task_processes(processes, TASK, False, DAEMON, lambda pid: False) == [200, 201]
+
+
+def test_process_tree_scope_signals_what_the_proc_walk_finds(tmp_path):
+    """The subreaper scope reads a /proc, finds the task's processes (orphans of the daemon
+    by their environment) and signals those outside the already signalled group."""
+    daemon = os.getpid()
+
+    def process(pid, ppid, pgid, sid, environ=b""):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_bytes(
+            f"{pid} (x y) S {ppid} {pgid} {sid} 0".encode())
+        (tmp_path / str(pid) / "environ").write_bytes(environ)
+
+    (tmp_path / "self").mkdir()
+    process(50001, daemon, 50001, 50001, b"A=1\0DAGGY_TASK_ID=9.1.1\0")
+    process(50002, 50001, 50001, 50001)
+    process(50003, 50001, 50003, 50003)
+    process(50004, daemon, 50004, 50004, b"DAGGY_TASK_ID=9.1.1\0")
+    process(50005, daemon, 50005, 50005, b"DAGGY_TASK_ID=9.1.12\0")
+    sent = []
+    scope = ProcessTreeScope("9.1.1", proc=str(tmp_path), kill=lambda *a: sent.append(a))
+    assert scope.environment == {"DAGGY_TASK_ID": "9.1.1"}
+    assert scope.signal(signal.SIGTERM, None) == 0  # not started: nothing is known
+    scope.started(50001)
+    assert scope.signal(signal.SIGTERM, 50001) == 2
+    assert sent == [(50003, signal.SIGTERM), (50004, signal.SIGTERM)]
+
+
+@pytest.mark.parametrize("cgroup_lines, mount_line, expected", [
+    ("0::/system.slice/daggyd.service\n",
+     "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n",
+     "/sys/fs/cgroup/system.slice/daggyd.service"),
+    ("4:memory:/x\n1:cpu:/\n0::/\n",
+     "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
+     "/sys/fs/cgroup/unified"),
+    ("0::/inner\n",  # a cgroup namespace's view: mount root and path are both relative
+     "30 24 0:26 /outer /sys/fs/cgroup\\040x rw - cgroup2 cgroup2 rw\n",
+     "/sys/fs/cgroup x/inner"),
+])
+def test_own_cgroup_dir_joins_the_mount_point_and_the_cgroup_path(
+        tmp_path, cgroup_lines, mount_line, expected):
+    """The daemon's cgroup directory comes from /proc/self/cgroup's v2 line and the cgroup2
+    entry of /proc/self/mountinfo (escaped spaces and a bind-mounted root included)."""
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "cgroup").write_text(cgroup_lines)
+    (tmp_path / "self" / "mountinfo").write_text(
+        "22 1 0:21 / /proc rw - proc proc rw\n" + mount_line)
+    if "/outer" in mount_line:
+        (tmp_path / "self" / "cgroup").write_text("0::/outer/inner\n")
+    assert own_cgroup_dir(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize("cgroup_lines, mounts, why", [
+    ("4:memory:/x\n", "30 24 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", "cgroup v1"),
+    ("0::/\n", "22 1 0:21 / /proc rw - proc proc rw\n", "not mounted"),
+])
+def test_no_cgroup_v2_is_reported_as_unavailable(tmp_path, cgroup_lines, mounts, why):
+    """Without a cgroup v2 line or mount the cgroup mechanism is unavailable, saying why."""
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "cgroup").write_text(cgroup_lines)
+    (tmp_path / "self" / "mountinfo").write_text(mounts)
+    with pytest.raises(IsolationUnavailable, match=why):
+        own_cgroup_dir(str(tmp_path))

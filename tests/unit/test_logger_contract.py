@@ -22,6 +22,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from daggy.errors import Conflict, UnknownRun, UnknownTask
+from daggy.executors._process import decode_output
+from daggy.jsonio import dumps_ascii_fallback
 from daggy.loggers.interface import RunLogger
 from daggy.loggers.memory import MemoryStore
 from daggy.loggers.ostream import OStreamLogger
@@ -328,6 +330,29 @@ def test_attempts_are_kept_per_task_in_order(harness):
     run = harness.read("get_run", run_id)
     assert run["taskAttempts"] == {"a": [first.to_json(), second.to_json()], "b": []}
     assert run["lastUpdate"] == iso8601(T0 + 4)
+
+
+#: What an executor can make of task output (see daggy.executors._process.decode_output):
+#: every byte value, invalid UTF-8 (as U+FFFD), an encoded surrogate, a cut character, and
+#: control characters JSON must escape (NUL, ESC, DEL, U+2028).
+ANY_BYTES = decode_output(bytes(range(256)) + b"\xed\xa0\x80 \xf0\x9f\x98\x80 \xc3")
+CONTROL_TEXT = "nul\x00 bell\x07 esc\x1b[0m del\x7f \u2028 cr\r\n \ufffd"
+
+
+def test_output_made_of_any_bytes_is_answered_unchanged_as_strict_utf8_json(harness):
+    """Task output holding NULs, control characters and U+FFFD is answered exactly as it
+    was recorded (also after a restart), and every answer encodes as strict UTF-8 JSON."""
+    run_id = new_run(harness, [task("a")])
+    record = attempt(T0 + 1, T0 + 2, rc=1, output_log=ANY_BYTES, error_log=CONTROL_TEXT)
+    harness.logger.record_attempt(run_id, "a", record)
+    answers = [harness.read("get_task", run_id, "a"), harness.read("get_run", run_id)]
+    assert answers[0]["attempts"] == [record.to_json()]
+    assert answers[1]["taskAttempts"]["a"] == [record.to_json()]
+    for answer in answers:
+        assert json.loads(dumps_ascii_fallback(answer).decode("utf-8")) == answer
+    if harness.reopen is not None:
+        harness.logger = harness.reopen()
+        assert harness.read("get_task", run_id, "a")["attempts"] == [record.to_json()]
 
 
 def test_get_task_has_the_documented_shape(harness):

@@ -145,6 +145,22 @@ def test_every_event_is_one_compact_newline_terminated_json_line(logger, events_
         assert {"time", "event", "runID"} <= set(event)
 
 
+def test_output_of_any_bytes_is_one_strict_utf8_json_line(logger, events_path):
+    """An attempt whose output holds NUL, newlines, U+2028 and U+FFFD (from bytes that were
+    not UTF-8) is written as exactly one line of strict UTF-8 JSON that reads back equal."""
+    run_id = fired(logger.create_run(None, {}, T0))
+    logger.add_tasks(run_id, [task("a")], T0)
+    output = "a\x00b\nc\u2028d\ufffde\r\x1b[0m"
+    attempt = Attempt(T0, T0 + 1, rc=0, succeeded=True, output_log=output, error_log="\ufffd")
+    logger.record_attempt(run_id, "a", attempt)
+    fired(logger.flush())
+    raw = events_path.read_bytes()
+    assert raw.count(b"\n") == 3 and b"\x00" not in raw
+    # (str.splitlines would also split at U+2028.)
+    [line] = [line for line in raw.decode("utf-8").split("\n") if "taskAttempt" in line]
+    assert json.loads(line)["attempt"] == attempt.to_json()
+
+
 def test_a_small_run_writes_the_documented_event_sequence(logger, events_path):
     """A run's events come out in call order with the documented fields."""
     run_id = play_small_run(logger)

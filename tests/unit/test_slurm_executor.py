@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 
 import pytest
@@ -11,6 +13,7 @@ from daggy.executors._slurm_commands import (
     JobStatus,
     batch_script,
     describe_status,
+    file_stem,
     parse_sacct,
     parse_scontrol,
     parse_squeue,
@@ -131,6 +134,55 @@ def test_safe_name_prevents_path_traversal():
     assert len(safe_name("x" * 1000)) == 120
 
 
+HOSTILE_NAMES = [
+    "../../etc/x", "/abs", "/", "a/b", "a_b", "..", ".", "...", "-rf", "--output=x",
+    ".hidden", "nul\0byte", "new\nline", "tab\there", "\x1b[31mred", "%j%u", "back\\slash",
+    "été ☃", "名前", "\udcff", "x" * 300, "x" * 301, "~", "a~b", "task", "",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_file_stem_is_one_plain_file_name(name):
+    """Whatever the task name, its file stem is one path component of safe ASCII characters,
+    not starting with '.' or '-', short enough for any file system."""
+    stem = file_stem(name)
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._~-]*", stem), stem
+    assert stem not in (".", "..") and "/" not in stem and len(stem) <= 120
+    assert os.path.basename(os.path.join("/out/run-1", stem)) == stem
+    assert os.path.dirname(os.path.normpath(os.path.join("/out/run-1", stem))) == "/out/run-1"
+
+
+def test_file_stems_of_different_names_differ():
+    """No two task names share a file stem, even when making them safe gives the same text;
+    a name that is already safe is used as it is."""
+    names = HOSTILE_NAMES + ["a:b", "a b", "a\tb", "x" * 299 + "y", "\u00e9t\u00e9"]
+    stems = [file_stem(name) for name in names]
+    assert len(set(stems)) == len(set(names))
+    assert file_stem("task") == "task" and file_stem("a_b") == "a_b"
+    assert file_stem("a/b").startswith("a_b~") and file_stem("..").startswith("task~")
+
+
+def test_output_files_of_hostile_task_names_stay_in_the_run_directory(reactor, tmp_path):
+    """sbatch's --output/--error of a task named ../../x, /abs or with a NUL point inside
+    <outputDir>/run-<id>/, at distinct files."""
+    executor = make_executor(reactor, tmp_path)
+    run_dir = str(tmp_path / "out" / "run-3")
+    seen = set()
+    for name in ("../../x", "/abs", "a/b", "a_b", "..", "nul\0", "-n", "x" * 300):
+        execution = executor.start(3, name, {"command": ["/bin/true"]})
+        options = dict(arg.split("=", 1) for arg in reactor.last_process.args[2:5])
+        for key in ("--output", "--error"):
+            path = options[key]
+            assert os.path.dirname(os.path.normpath(path)) == run_dir, (name, path)
+            assert not os.path.basename(path).startswith((".", "-"))
+            seen.add(path)
+        execution.kill("done")
+        reactor.last_process.exit(1)
+        assert result_of(execution.result).killed
+    assert len(seen) == 16
+    assert os.listdir(tmp_path / "out") == ["run-3"]
+
+
 def test_batch_script_quotes_every_argument():
     """The script execs the argv verbatim: shell metacharacters stay literal."""
     script = batch_script(["echo", "$HOME; rm -rf /", "it's"], {"A": "x y"}, "/scratch")
@@ -188,7 +240,7 @@ def test_submission_argv_script_and_started(reactor, tmp_path):
            "sbatchArgs": ["--exclusive"]}
     execution = executor.start(7, "../evil task", job)
     sbatch = reactor.last_process
-    out = str(tmp_path / "out" / "run-7" / "_evil_task")
+    out = str(tmp_path / "out" / "run-7" / "_evil_task~e18ce2af7956bd36")
     assert sbatch.args == [
         "/usr/bin/sbatch", "--parsable", "--job-name=daggy.7..._evil_task~e93e53d5",
         f"--output={out}.%j.out", f"--error={out}.%j.err", "--partition=batch",
