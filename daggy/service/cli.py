@@ -70,7 +70,9 @@ class DaggydOptions(usage.Options):
         "lines go to stdout, the daemon's own log to stderr.  With -d it daemonizes, writing "
         f"its pid to ./{DEFAULT_PIDFILE} and its log to ./{DEFAULT_LOGFILE} (relative to the "
         "current directory) unless --pidfile/--logfile say otherwise.  SIGTERM or SIGINT "
-        "stops it gracefully (exit status 0).  See docs/config.md."
+        "stops it gracefully (exit status 0).  It refuses to listen on a non-loopback "
+        "address without bearer tokens unless the config allows it.  See docs/config.md "
+        "and docs/security.md."
     )
 
     optFlags = [
@@ -219,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except CannotListenError as error:
         reason = getattr(error.socketError, "strerror", None) or error.socketError
-        message = f"daggyd: cannot listen on {error.interface}:{error.port}: {reason}"
+        message = f"daggyd: cannot listen on {_listen_address(error)}: {reason}"
         if options["daemon"]:
             # The parent process has already reported the failure; keep it in the log file.
             _log.critical("{message}", message=message)
@@ -229,6 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _exit_without_teardown(0)
     return 0  # not reached; kept for readers and type checkers
+
+
+def _listen_address(error: CannotListenError) -> str:
+    """The address a CannotListenError is about: ``interface:port``, or a unix socket's
+    path (its interface is ``None``)."""
+    if error.interface is None:
+        return str(error.port)
+    # An empty interface (a `listen` string without one) is every IPv4 interface.
+    interface = error.interface or "0.0.0.0"
+    if ":" in interface:
+        interface = f"[{interface}]"
+    return f"{interface}:{error.port}"
 
 
 def _exit_without_teardown(status: int) -> None:

@@ -1,15 +1,21 @@
 # -*- test-case-name: tests.unit.test_config -*-
 """The daemon config file: JSON or YAML, validated into a :class:`DaemonConfig`.
 
-Pure: no Twisted imports.  Every problem is reported as ``<file>: <key path>: <problem>`` on
-one line (several problems are joined with ``"; "``), so ``daggyd`` and ``twistd daggyd`` can
-print it as a single usage error.  docs/config.md describes every key.
+Every problem is reported as ``<file>: <key path>: <problem>`` on one line (several problems
+are joined with ``"; "``), so ``daggyd`` and ``twistd daggyd`` can print it as a single usage
+error.  docs/config.md describes every key.
+
+Validation reads the files a config names for the listening side (``auth-token-file``, an
+``ssl:`` endpoint's key and certificate), so that a missing or bad one stops daggyd at start.
+Twisted is imported only to check those (a ``listen`` string, tokens); validating a config
+that uses neither imports none of it.  A token never appears in a message, nor in the
+``repr`` of a :class:`DaemonConfig`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -17,17 +23,37 @@ import yaml
 
 from daggy.errors import json_type_name
 
+from daggy.service.listen import check_listen, exposure, parse_listen
 from daggy.service.registry import (
     DEFAULT_REGISTRY,
     MiB,
     Component,
     Registry,
     Setting,
+    boolean,
     listen_address,
+    optional_non_empty_string,
     port_number,
     positive_integer,
     shown,
 )
+
+def _token_list(value: Any) -> str | None:
+    """``auth-tokens``: a list of valid tokens (possibly empty).  Never shows a token."""
+    if not isinstance(value, list):
+        return f"must be a list of tokens (got {json_type_name(value)})"
+    if not value:
+        return None
+    from daggy.server.auth import token_problem
+
+    for number, token in enumerate(value, 1):
+        if not isinstance(token, str):
+            return f"token {number}: must be a string (got {json_type_name(token)})"
+        problem = token_problem(token)
+        if problem:
+            return f"token {number}: {problem}"
+    return None
+
 
 #: The ``source`` of a config built without a file.
 DEFAULTS_SOURCE = "<defaults>"
@@ -41,6 +67,10 @@ _SCALAR_SETTINGS: dict[str, Setting] = {
     "web-threads": Setting(10, positive_integer),
     "dag-threads": Setting(50, positive_integer),
     "max-request-bytes": Setting(64 * MiB, positive_integer),
+    "listen": Setting(None, optional_non_empty_string),
+    "auth-tokens": Setting([], _token_list),
+    "auth-token-file": Setting(None, optional_non_empty_string),
+    "allow-unauthenticated": Setting(False, boolean),
 }
 _COMPONENT_KEYS = ("logger", "executor")
 _TOP_LEVEL_KEYS = sorted([*_SCALAR_SETTINGS, *_COMPONENT_KEYS])
@@ -79,6 +109,32 @@ class DaemonConfig:
     max_request_bytes: int
     logger: ComponentChoice
     executor: ComponentChoice
+    #: A Twisted server endpoint string, used instead of ``ip`` and ``port`` when set.
+    listen: str | None = None
+    #: Every accepted bearer token (from ``auth-tokens`` and ``auth-token-file``); empty
+    #: when authentication is off.
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    auth_token_file: str | None = None
+    allow_unauthenticated: bool = False
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the API requires a bearer token."""
+        return bool(self.auth_tokens)
+
+    def listening_on(self) -> str:
+        """Where daggyd listens, for messages: ``127.0.0.1:2503`` or the ``listen`` string."""
+        if self.listen is not None:
+            return self.listen
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{host}:{self.port}"
+
+    def exposure(self) -> str | None:
+        """``None`` when daggyd listens only where this machine alone can connect (a
+        loopback address or a unix socket), else the address, named for a message."""
+        if self.listen is None:
+            return exposure(self.ip)
+        return parse_listen(self.listen).exposure()
 
 
 def default_config(registry: Registry = DEFAULT_REGISTRY) -> DaemonConfig:
@@ -144,16 +200,20 @@ def validate_config(
         raise ConfigError(source, [f"must be an object of settings (got {json_type_name(document)})"])
 
     problems: list[str] = []
+    failed: set[str] = set()
     values = {key: setting.default for key, setting in _SCALAR_SETTINGS.items()}
     for key, value in document.items():
         if key in _SCALAR_SETTINGS:
             problem = _SCALAR_SETTINGS[key].check(value)
             if problem:
                 problems.append(f"{key}: {problem}")
+                failed.add(key)
             else:
                 values[key] = value
         elif key not in _COMPONENT_KEYS:
             problems.append(f"{key}: unknown key (expected one of: {', '.join(_TOP_LEVEL_KEYS)})")
+
+    tokens = _check_listening_side(document, values, failed, problems)
 
     # Checked after the scalars so that problems come out in a stable order.
     logger = _choose_component(document, "logger", DEFAULT_LOGGER, registry.loggers, problems)
@@ -172,7 +232,97 @@ def validate_config(
         max_request_bytes=values["max-request-bytes"],
         logger=logger,
         executor=executor,
+        listen=values["listen"],
+        auth_tokens=tokens,
+        auth_token_file=values["auth-token-file"],
+        allow_unauthenticated=values["allow-unauthenticated"],
     )
+
+
+_EXPOSED_FIX = ("set auth-tokens or auth-token-file to require a bearer token, or set "
+                "allow-unauthenticated: true to let anyone who can reach it run commands")
+
+
+def _check_listening_side(
+    document: dict, values: dict, failed: set[str], problems: list[str]
+) -> tuple[str, ...]:
+    """Check ``listen`` against ``ip``/``port``, load the token file, and refuse a
+    non-loopback address without authentication.  Returns every token (deduplicated, in
+    order); a problem is appended to ``problems``.
+
+    Runs after the scalar checks: the keys in ``failed`` kept their defaults in ``values``,
+    and nothing is concluded from them.
+    """
+    where: str | None = None
+    address_known = not {"listen", "ip"} & failed
+    if address_known and values["listen"] is not None:
+        clashing = [key for key in ("ip", "port") if key in document]
+        if clashing:
+            problems.append(f"listen: give either listen or {' and '.join(clashing)}, not both "
+                            f"(listen holds the whole address, as in "
+                            f"tcp:2503:interface=127.0.0.1)")
+            address_known = False
+        else:
+            target, problem = check_listen(values["listen"])
+            if target is None:
+                problems.append(f"listen: {problem}")
+                address_known = False
+            else:
+                where = target.exposure()
+    elif address_known:
+        where = exposure(values["ip"])
+
+    tokens = list(values["auth-tokens"])
+    auth_known = not {"auth-tokens", "auth-token-file", "allow-unauthenticated"} & failed
+    if values["auth-token-file"] is not None:
+        file_tokens, problem = read_token_file(values["auth-token-file"])
+        if problem is not None:
+            problems.append(f"auth-token-file: {problem}")
+            auth_known = False
+        tokens += file_tokens
+
+    exposed_without_auth = where is not None and not tokens and not values[
+        "allow-unauthenticated"]
+    if address_known and auth_known and exposed_without_auth:
+        key = "listen" if values["listen"] is not None else "ip"
+        problems.append(f"{key}: refusing to listen on {where} without authentication; "
+                        f"{_EXPOSED_FIX}")
+    return tuple(dict.fromkeys(tokens))
+
+
+def read_token_file(path: str) -> tuple[list[str], str | None]:
+    """The tokens in an ``auth-token-file``: one per line; blank lines and lines starting
+    with ``#`` are ignored, as is the whitespace around a token.
+
+    :returns: ``(tokens, None)``, or ``([], problem)`` with a one-line problem naming the
+        file (and the line) but never quoting a token.
+    """
+    try:
+        with open(path, "rb") as token_file:
+            raw = token_file.read()
+    except OSError as error:
+        return [], f"cannot read {path}: {error.strerror or error}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return [], f"{path} is not UTF-8 text (bad byte at offset {error.start})"
+
+    from daggy.server.auth import token_problem
+
+    tokens = []
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if len(token.split()) > 1:
+            return [], f"{path} line {number}: holds more than one word (one token per line)"
+        problem = token_problem(token)
+        if problem:
+            return [], f"{path} line {number}: the token {problem}"
+        tokens.append(token)
+    if not tokens:
+        return [], f"{path} holds no token (one per line; # starts a comment line)"
+    return tokens, None
 
 
 def _choose_component(

@@ -181,7 +181,7 @@ def _string_list(value: Any) -> str | None:
     return f"must be a list of non-empty strings (got {shown(value)})"
 
 
-def _boolean(value: Any) -> str | None:
+def boolean(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     return f"must be true or false (got {shown(value)})"
@@ -256,7 +256,7 @@ EXECUTORS: dict[str, Component] = {
             "submitBackoffSeconds": Setting(1, bounded_number(3600)),
             "maxBackoffSeconds": Setting(60, bounded_number(86400)),
             "lostJobSeconds": Setting(600, bounded_number(30 * 86400)),
-            "sacctCompletion": Setting(False, _boolean),
+            "sacctCompletion": Setting(False, boolean),
             "maxParallelSubmits": Setting(8, positive_integer),
         },
         build=_build_slurm_executor,

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.logger import Logger
 
 from daggy.service.config import ConfigError, DaemonConfig
@@ -133,10 +133,36 @@ class HTTPServerService(StreamServerEndpointService):
     Unlike its base class it lets a failure to listen (e.g. the port is in use) propagate
     from ``privilegedStartService`` instead of only logging it, so the daemon exits at start
     instead of running without a port.
+
+    :param where: the address, for the log line saying where and how the API is served.
+    :param authenticated: whether the API requires a bearer token.
+    :param exposure: how to name the address when other machines can reach it (see
+        :meth:`DaemonConfig.exposure`); the log then warns if the API is unauthenticated.
     """
 
     name = "http"
+    log = Logger()
     _raiseSynchronously = True
+
+    def __init__(self, endpoint: Any, factory: Any, *, where: str = "",
+                 authenticated: bool = False, exposure: str | None = None):
+        super().__init__(endpoint, factory)
+        self.where = where
+        self.authenticated = authenticated
+        self.exposure = exposure
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.authenticated:
+            self.log.info("Serving the API on {where}; every request but GET /ready needs "
+                          "a bearer token", where=self.where)
+        elif self.exposure is not None:
+            self.log.warn("Serving the API on {exposure} WITHOUT authentication "
+                          "(allow-unauthenticated is true): anyone who can reach it can run "
+                          "commands as this user", exposure=self.exposure)
+        else:
+            self.log.info("Serving the API on {where} without authentication (local "
+                          "connections only)", where=self.where)
 
 
 def listening_endpoint(reactor: Any, ip: str, port: int) -> Any:
@@ -144,6 +170,21 @@ def listening_endpoint(reactor: Any, ip: str, port: int) -> Any:
     if ip != "localhost" and ipaddress.ip_address(ip).version == 6:
         return TCP6ServerEndpoint(reactor, port, interface=ip)
     return TCP4ServerEndpoint(reactor, port, interface=ip)
+
+
+def config_endpoint(config: DaemonConfig, reactor: Any) -> Any:
+    """The server endpoint ``config`` listens on: its ``listen`` string, else ``ip:port``.
+
+    :raises ConfigError: the ``listen`` string no longer works (validation built it once;
+        e.g. a certificate file was removed since).
+    """
+    if config.listen is None:
+        return listening_endpoint(reactor, config.ip, config.port)
+    try:
+        return serverFromString(reactor, config.listen)
+    except Exception as error:
+        raise ConfigError(config.source, [
+            f"listen: cannot use {config.listen}: {type(error).__name__}: {error}"]) from None
 
 
 def _build_component(
@@ -164,7 +205,8 @@ def build_service(
     """Build the daemon's service tree for ``config`` on ``reactor`` (not started).
 
     ``web-threads`` sizes the reactor's thread pool and ``dag-threads`` caps the DAG runs
-    executing at once; docs/config.md explains both.
+    executing at once; docs/config.md explains both.  The API listens on ``listen`` (or
+    ``ip:port``) and requires a bearer token when the config has any (docs/security.md).
 
     :param registry: the loggers and executors the config's names refer to.
     :raises ConfigError: a logger or executor cannot be created (e.g. a file cannot be opened).
@@ -174,17 +216,21 @@ def build_service(
     from daggy.runner import RunManager
     from daggy.server.api import DaggyAPI, make_site
 
+    # First, so that a failure leaves no logger file open.
+    endpoint = config_endpoint(config, reactor)
     reactor.suggestThreadPoolSize(config.web_threads)
     logger = _build_component(config, "logger", registry.loggers, reactor)
     executor = _build_component(config, "executor", registry.executors, reactor)
     runner = RunManager(reactor, executor, logger, max_active_runs=config.dag_threads)
-    site = make_site(DaggyAPI(runner, logger, reactor), config.max_request_bytes)
+    site = make_site(DaggyAPI(runner, logger, reactor), config.max_request_bytes,
+                     auth_tokens=config.auth_tokens)
 
     daemon = DaggyService()
     LoggerService(logger).setServiceParent(daemon)
     RunnerService(runner, logger).setServiceParent(daemon)
     # Added last so that it is the first to stop: no new requests while the runner drains.
-    HTTPServerService(listening_endpoint(reactor, config.ip, config.port), site).setServiceParent(
-        daemon
-    )
+    HTTPServerService(
+        endpoint, site, where=config.listening_on(),
+        authenticated=config.authenticated, exposure=config.exposure(),
+    ).setServiceParent(daemon)
     return daemon

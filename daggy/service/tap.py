@@ -20,7 +20,9 @@ class Options(usage.Options):
         "and runs their tasks with the configured executor, recording every state change "
         "with the configured logger.  Without --config it listens on 127.0.0.1:2503 with "
         "ForkingTaskExecutor (10 tasks at once) and OStreamLogger writing JSON events to "
-        "stdout.  Every config key is described in docs/config.md."
+        "stdout.  It refuses to listen on a non-loopback address unless the config sets "
+        "bearer tokens (or allow-unauthenticated).  Every config key is described in "
+        "docs/config.md."
     )
 
     optParameters = [
@@ -29,8 +31,9 @@ class Options(usage.Options):
             "c",
             None,
             "Daemon config file, JSON (.json) or YAML (.yaml/.yml); keys: ip, port, "
-            "web-threads, dag-threads, max-request-bytes, logger, executor (see "
-            "docs/config.md).  Default: built-in defaults.",
+            "listen, auth-tokens, auth-token-file, allow-unauthenticated, web-threads, "
+            "dag-threads, max-request-bytes, logger, executor (see docs/config.md and "
+            "docs/security.md).  Default: built-in defaults.",
         ],
     ]
 

@@ -8,6 +8,7 @@ import subprocess
 import json
 
 import pytest
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -146,3 +147,27 @@ def test_a_stale_pid_file_is_not_a_running_daggyd(tmp_path):
     pidfile.write_text("garbage")
     assert cli._running_pid(str(pidfile)) is None
     assert cli._running_pid(str(tmp_path / "absent.pid")) is None
+
+
+def test_main_refuses_an_exposed_address_without_authentication(tmp_path, capsys):
+    """ip 0.0.0.0 without tokens stops daggyd before it listens: one line naming the
+    address and the fix, exit status 2."""
+    path = tmp_path / "c.yaml"
+    path.write_text("ip: 0.0.0.0\n")
+    assert cli.main(["--config", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"daggyd: {path}: ip: refusing to listen on 0.0.0.0 (every IPv4 interface) without "
+        "authentication; set auth-tokens or auth-token-file to require a bearer token, or set "
+        "allow-unauthenticated: true to let anyone who can reach it run commands\n")
+
+
+@pytest.mark.parametrize("interface, port, shown", [
+    ("127.0.0.1", 2503, "127.0.0.1:2503"),
+    ("", 2503, "0.0.0.0:2503"),
+    ("::1", 2503, "[::1]:2503"),
+    (None, "/run/daggyd.sock", "/run/daggyd.sock"),
+])
+def test_cannot_listen_names_the_address(interface, port, shown):
+    """The port-in-use message names a TCP address (bracketing IPv6) or a socket path."""
+    error = CannotListenError(interface, port, OSError(98, "Address already in use"))
+    assert cli._listen_address(error) == shown

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from daggy.service.config import (
     DEFAULTS_SOURCE,
@@ -17,9 +24,12 @@ from daggy.service.config import (
     load_config,
     validate_config,
 )
+from daggy.service.listen import parse_listen
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MiB = 1024 * 1024
+TOKEN = "s3cret-Token-0123456789"
+OTHER_TOKEN = "another.token_ABCDEFGHIJ"
 
 DEFAULTS = DaemonConfig(
     source=DEFAULTS_SOURCE,
@@ -33,6 +43,29 @@ DEFAULTS = DaemonConfig(
         "ForkingTaskExecutor", {"threads": 10, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5}
     ),
 )
+
+
+def write_certificate(directory: Path, name: str = "daggyd") -> tuple[Path, Path]:
+    """A fresh self-signed EC certificate for localhost/127.0.0.1: (key file, cert file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -92,6 +125,7 @@ def test_json_file(tmp_path):
                 "web-threads": 2,
                 "dag-threads": 3,
                 "max-request-bytes": 1024,
+                "auth-tokens": [TOKEN],
                 "logger": {"name": "OStreamLogger", "config": {"file": "/tmp/events"}},
                 "executor": {"name": "ForkingTaskExecutor", "config": {"threads": 4}},
             }
@@ -108,6 +142,7 @@ def test_json_file(tmp_path):
         executor=ComponentChoice(
             "ForkingTaskExecutor", {"threads": 4, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5}
         ),
+        auth_tokens=(TOKEN,),
     )
 
 
@@ -147,6 +182,10 @@ def test_kill_grace_seconds_accepts_fractions():
     assert config.executor.config["killGraceSeconds"] == 0.5
 
 
+#: Examples naming files that validation reads (checked by their own test).
+NEEDS_FILES = {"auth-tls.yaml"}
+
+
 def test_example_configs_validate():
     """Every daemon config example in configs/ is valid."""
     paths = daemon_config_files()
@@ -155,9 +194,28 @@ def test_example_configs_validate():
         "daggyd.yaml",
         "noop.yaml",
         "ostream-file.yaml",
+        *NEEDS_FILES,
     }
     for path in paths:
-        assert load_config(path).source == str(path)
+        if path.name not in NEEDS_FILES:
+            assert load_config(path).source == str(path)
+
+
+def test_example_auth_tls_config(tmp_path):
+    """configs/auth-tls.yaml is valid once its key, certificate and token files exist: it
+    serves TLS on every interface and requires the tokens in the file."""
+    key, cert = write_certificate(tmp_path)
+    tokens = write(tmp_path, "tokens", f"# daggyd clients\n{TOKEN}\n")
+    text = (CONFIGS / "auth-tls.yaml").read_text(encoding="utf-8")
+    for example, real in [("/etc/daggyd/tls/key.pem", key), ("/etc/daggyd/tls/cert.pem", cert),
+                          ("/etc/daggyd/tokens", tokens),
+                          ("/var/log/daggyd/events.jsonl", tmp_path / "events.jsonl")]:
+        assert example in text
+        text = text.replace(example, str(real))
+    config = load_config(write(tmp_path, "auth-tls.yaml", text))
+    assert config.listen.startswith("ssl:2503:interface=0.0.0.0:")
+    assert config.auth_tokens == (TOKEN,)
+    assert config.exposure() == "0.0.0.0 (every IPv4 interface)"
 
 
 def test_example_default_configs_spell_out_the_defaults():
@@ -281,7 +339,8 @@ def test_top_level_must_be_an_object(tmp_path, text, got):
 # -- validation errors -------------------------------------------------------------------
 
 FORKING = "ForkingTaskExecutor"
-TOP_KEYS = "dag-threads, executor, ip, logger, max-request-bytes, port, web-threads"
+TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, executor, ip, "
+            "listen, logger, max-request-bytes, port, web-threads")
 FORKING_KEYS = "killGraceSeconds, maxOutputBytes, threads"
 ADDRESS = 'must be an IPv4 or IPv6 address or "localhost"'
 PORT = "must be an integer from 1 to 65535"
@@ -446,3 +505,377 @@ def test_yaml_non_string_key_is_named(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     assert str(raised.value) == f"{path}: 1: unknown key (expected one of: {TOP_KEYS})"
+
+
+# -- listening and authentication --------------------------------------------------------
+
+EXPOSED_FIX = ("set auth-tokens or auth-token-file to require a bearer token, or set "
+               "allow-unauthenticated: true to let anyone who can reach it run commands")
+
+
+def test_authentication_is_off_by_default_on_loopback():
+    """The defaults listen on 127.0.0.1:2503 without tokens and without a listen string."""
+    config = default_config()
+    assert (config.listen, config.auth_tokens, config.auth_token_file,
+            config.allow_unauthenticated) == (None, (), None, False)
+    assert not config.authenticated
+    assert config.exposure() is None
+    assert config.listening_on() == "127.0.0.1:2503"
+
+
+def test_auth_tokens_turn_authentication_on():
+    """Every token of auth-tokens is accepted; a repeated one is kept once."""
+    config = validate_config({"auth-tokens": [TOKEN, OTHER_TOKEN, TOKEN]})
+    assert config.auth_tokens == (TOKEN, OTHER_TOKEN)
+    assert config.authenticated
+
+
+def test_tokens_stay_out_of_the_repr():
+    """A config's repr (what a debugger or a log line would show) holds no token."""
+    config = validate_config({"auth-tokens": [TOKEN]})
+    assert TOKEN not in repr(config)
+    assert TOKEN not in str(config)
+
+
+@pytest.mark.parametrize(
+    "tokens, problem",
+    [
+        ("x" * 20, "must be a list of tokens (got a string)"),
+        ({"a": 1}, "must be a list of tokens (got an object)"),
+        (None, "must be a list of tokens (got null)"),
+        ([TOKEN, 7], "token 2: must be a string (got a number)"),
+        (["short-secret"], "token 1: must be at least 16 characters long (got 12)"),
+        (["x" * 1025], "token 1: must be at most 1024 characters long (got 1025)"),
+        (["has a space in it 123"], "token 1: may only hold letters, digits and - . _ ~ + / "
+                                    "(then optional trailing =), as an RFC 6750 bearer token"),
+        (["semi;colon;secret;xx"], "token 1: may only hold letters, digits and - . _ ~ + / "
+                                   "(then optional trailing =), as an RFC 6750 bearer token"),
+        (["é" * 20], "token 1: may only hold letters, digits and - . _ ~ + / "
+                     "(then optional trailing =), as an RFC 6750 bearer token"),
+    ],
+)
+def test_invalid_auth_tokens_are_reported_without_the_token(tmp_path, tokens, problem):
+    """A bad auth-tokens value is a one-line error that never quotes a token."""
+    error = config_error(tmp_path, {"auth-tokens": tokens})
+    assert error.problems == [f"auth-tokens: {problem}"]
+    if isinstance(tokens, list):
+        assert not any(str(token) in str(error) for token in tokens if len(str(token)) > 2)
+
+
+def test_token_file_holds_one_token_per_line(tmp_path):
+    """auth-token-file: one token per line, surrounding blanks, blank lines and # comment
+    lines ignored; its tokens join those of auth-tokens."""
+    path = write(tmp_path, "tokens", f"# clients of daggyd\n\n  {OTHER_TOKEN}  \n"
+                                     f"   # old one, remove after the move:\n{TOKEN}\n")
+    config = validate_config({"auth-token-file": str(path), "auth-tokens": [TOKEN]})
+    assert config.auth_tokens == (TOKEN, OTHER_TOKEN)
+    assert config.auth_token_file == str(path)
+
+
+def test_token_file_alone_allows_listening_everywhere(tmp_path):
+    """With tokens from a file, 0.0.0.0 is accepted."""
+    path = write(tmp_path, "tokens", TOKEN)
+    assert validate_config({"ip": "0.0.0.0", "auth-token-file": str(path)}).auth_tokens == (
+        TOKEN,)
+
+
+def token_file_problem(tmp_path, content: bytes | None, name: str = "tokens") -> str:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    error = config_error(tmp_path, {"auth-token-file": str(path)})
+    assert len(error.problems) == 1
+    return error.problems[0].replace(str(path), "FILE")
+
+
+def test_missing_token_file(tmp_path):
+    """A token file that cannot be read is a config error naming it."""
+    assert token_file_problem(tmp_path, None) == (
+        "auth-token-file: cannot read FILE: No such file or directory")
+
+
+def test_unreadable_token_file(tmp_path):
+    """A token file daggyd may not read is a config error naming it."""
+    path = write(tmp_path, "tokens", TOKEN)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: every file is readable")
+        assert token_file_problem(tmp_path, None) == (
+            "auth-token-file: cannot read FILE: Permission denied")
+    finally:
+        path.chmod(0o600)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"# only a comment\n   \n"])
+def test_empty_token_file(tmp_path, content):
+    """A token file without a token is a config error (not authentication turned off)."""
+    assert token_file_problem(tmp_path, content) == (
+        "auth-token-file: FILE holds no token (one per line; # starts a comment line)")
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (f"{TOKEN}\nshort-one\n", "FILE line 2: the token must be at least 16 characters "
+                                  "long (got 9)"),
+        (f"# c\n{TOKEN} # a comment\n", "FILE line 2: holds more than one word (one token "
+                                        "per line)"),
+        (f"{TOKEN}\n\nquote\"d-token-1234567\n", "FILE line 3: the token may only hold "
+         "letters, digits and - . _ ~ + / (then optional trailing =), as an RFC 6750 "
+         "bearer token"),
+    ],
+)
+def test_bad_line_in_token_file(tmp_path, content, problem):
+    """A bad token in the file is reported by line number, never by its value."""
+    reported = token_file_problem(tmp_path, content.encode())
+    assert reported == f"auth-token-file: {problem}"
+    assert "short-one" not in reported and "quote" not in reported
+
+
+def test_token_file_not_utf8(tmp_path):
+    """A token file that is not UTF-8 is reported without its bytes."""
+    assert token_file_problem(tmp_path, b"\xff" * 20) == (
+        "auth-token-file: FILE is not UTF-8 text (bad byte at offset 0)")
+
+
+def test_directory_as_token_file(tmp_path):
+    """A directory given as the token file is a config error."""
+    (tmp_path / "dir").mkdir()
+    assert token_file_problem(tmp_path, None, "dir") == (
+        "auth-token-file: cannot read FILE: Is a directory")
+
+
+@pytest.mark.parametrize(
+    "ip, named",
+    [
+        ("0.0.0.0", "0.0.0.0 (every IPv4 interface)"),
+        ("::", ":: (every IPv6 interface)"),
+        ("10.1.2.3", "10.1.2.3 (not a loopback address)"),
+        ("192.168.0.10", "192.168.0.10 (not a loopback address)"),
+        ("2001:db8::1", "2001:db8::1 (not a loopback address)"),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1 (not a loopback address)"),
+    ],
+)
+def test_non_loopback_ip_without_authentication_is_refused(tmp_path, ip, named):
+    """Listening on an address other machines can reach, without tokens, is a config error
+    naming the address and the fix."""
+    error = config_error(tmp_path, {"ip": ip})
+    assert error.problems == [
+        f"ip: refusing to listen on {named} without authentication; {EXPOSED_FIX}"]
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "127.9.8.7", "::1", "localhost"])
+def test_loopback_ip_needs_no_authentication(ip):
+    """Loopback addresses (127.0.0.0/8, ::1, localhost) are served without tokens."""
+    config = validate_config({"ip": ip})
+    assert config.exposure() is None
+    assert not config.authenticated
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "::", "10.1.2.3"])
+def test_allow_unauthenticated_accepts_an_exposed_address(ip):
+    """allow-unauthenticated: true lets daggyd listen anywhere without tokens."""
+    config = validate_config({"ip": ip, "allow-unauthenticated": True})
+    assert config.allow_unauthenticated
+    assert config.exposure() is not None
+    assert not config.authenticated
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_allow_unauthenticated_must_be_a_boolean(tmp_path, value):
+    """allow-unauthenticated only takes true or false (and no refusal is added on top)."""
+    error = config_error(tmp_path, {"ip": "0.0.0.0", "allow-unauthenticated": value})
+    assert error.problems == [
+        f"allow-unauthenticated: must be true or false (got {json.dumps(value)})"]
+
+
+def test_a_bad_token_is_not_also_reported_as_missing_authentication(tmp_path):
+    """When auth-tokens is invalid, only that is reported, not the refusal too."""
+    error = config_error(tmp_path, {"ip": "0.0.0.0", "auth-tokens": ["short"]})
+    assert error.problems == ["auth-tokens: token 1: must be at least 16 characters long (got 5)"]
+
+
+@pytest.mark.parametrize(
+    "listen, kind, address, port",
+    [
+        ("tcp:8080:interface=127.0.0.1", "tcp", "127.0.0.1", 8080),
+        ("tcp:port=8080:interface=localhost", "tcp", "localhost", 8080),
+        (r"tcp6:8080:interface=\:\:1", "tcp6", "::1", 8080),
+        ("tcp:interface=127.0.0.2:8080:backlog=10", "tcp", "127.0.0.2", 8080),
+        ("unix:/run/daggyd.sock:mode=660", "unix", "/run/daggyd.sock", None),
+    ],
+)
+def test_listen_takes_an_endpoint_string(listen, kind, address, port):
+    """listen takes a Twisted server endpoint string; loopback and unix sockets need no
+    authentication."""
+    config = validate_config({"listen": listen})
+    assert config.listen == listen
+    assert config.listening_on() == listen
+    assert config.exposure() is None
+    target = parse_listen(listen)
+    assert (target.kind, target.address, target.port, target.tls) == (kind, address, port,
+                                                                      False)
+
+
+@pytest.mark.parametrize(
+    "listen, named",
+    [
+        ("tcp:8080", "0.0.0.0 (every IPv4 interface)"),
+        ("tcp:8080:interface=", "0.0.0.0 (every IPv4 interface)"),
+        ("tcp6:8080", ":: (every IPv6 interface)"),
+        ("tcp:8080:interface=10.0.0.7", "10.0.0.7 (not a loopback address)"),
+    ],
+)
+def test_exposed_listen_without_authentication_is_refused(tmp_path, listen, named):
+    """A listen string without an interface means every interface, and like any
+    non-loopback address it needs tokens (or allow-unauthenticated)."""
+    error = config_error(tmp_path, {"listen": listen})
+    assert error.problems == [
+        f"listen: refusing to listen on {named} without authentication; {EXPOSED_FIX}"]
+    assert validate_config({"listen": listen, "auth-tokens": [TOKEN]}).authenticated
+    assert validate_config({"listen": listen, "allow-unauthenticated": True}).listen == listen
+
+
+@pytest.mark.parametrize("keys", [{"ip": "127.0.0.1"}, {"port": 2503},
+                                  {"ip": "::1", "port": 1}])
+def test_listen_excludes_ip_and_port(tmp_path, keys):
+    """listen holds the whole address, so giving ip or port too is an error."""
+    error = config_error(tmp_path, {"listen": "tcp:2503:interface=127.0.0.1", **keys})
+    assert error.problems == [
+        f"listen: give either listen or {' and '.join(keys)}, not both (listen holds the "
+        f"whole address, as in tcp:2503:interface=127.0.0.1)"]
+
+
+def test_null_listen_means_ip_and_port():
+    """listen: null (as in configs/daggyd.yaml) leaves ip and port in charge."""
+    assert validate_config({"listen": None, "ip": "::1", "port": 80}).listening_on() == "[::1]:80"
+
+
+ENDPOINTS = "ssl, tcp, tcp6, unix"
+
+
+@pytest.mark.parametrize(
+    "listen, problem",
+    [
+        ("", 'must be a non-empty string or null (got "")'),
+        (2503, "must be a non-empty string or null (got 2503)"),
+        ("2503", f"endpoint type '2503' is not supported (expected one of: {ENDPOINTS})"),
+        (":2503", f"no endpoint type (expected one of: {ENDPOINTS})"),
+        ("http:2503", f"endpoint type 'http' is not supported (expected one of: {ENDPOINTS})"),
+        ("systemd:domain=INET:index=0",
+         f"endpoint type 'systemd' is not supported (expected one of: {ENDPOINTS})"),
+        ("tcp", "tcp: needs a port, as in tcp:2503"),
+        ("tcp:http", "tcp: port must be an integer from 1 to 65535 (got 'http')"),
+        ("tcp:0:interface=127.0.0.1", "tcp: port must be an integer from 1 to 65535 (got '0')"),
+        ("tcp:65536", "tcp: port must be an integer from 1 to 65535 (got '65536')"),
+        ("tcp:2503:2504", "tcp: one positional value (port) expected, got 2; give the others "
+                          "as name=value"),
+        ("tcp:2503:port=2504", "tcp: port given twice"),
+        ("tcp:2503:interface=1.1.1.1:interface=127.0.0.1",
+         "option 'interface' given twice"),
+        ("tcp:2503:iface=127.0.0.1",
+         "tcp: unknown option 'iface' (expected one of: port, interface, backlog)"),
+        ("tcp:2503:interface=::1", "tcp: one positional value (port) expected, got 3; give "
+                                   "the others as name=value"),
+        ("tcp:2503:interface=example.com",
+         "tcp: interface must be an IP address or \"localhost\" (got 'example.com')"),
+        ("tcp6:2503:interface=127.0.0.1",
+         "tcp6: interface must be an IPv6 address (got '127.0.0.1')"),
+        ("tcp:2503:backlog=many",
+         "tcp: backlog must be an integer from 1 to 65535 (got 'many')"),
+        ("tcp:2503\\", "ends with a lone backslash"),
+        ("unix:", "unix: needs a socket path, as in unix:/run/daggyd.sock"),
+        ("unix:/tmp/d.sock:mode=999",
+         "unix: mode must be an octal number from 0 to 777 (got '999')"),
+        ("unix:/tmp/d.sock:lockfile=yes", "unix: lockfile must be 0 or 1 (got 'yes')"),
+        ("ssl:2503", "ssl: needs privateKey=FILE (a PEM private key) and certKey=FILE (its "
+                     "PEM certificate; may be left out when the key file holds it)"),
+        ("ssl:2503:privateKey=k.pem:sslmethod=TLSv1_METHOD",
+         "ssl: unknown option 'sslmethod' (expected one of: port, interface, backlog, "
+         "privateKey, certKey, extraCertChain)"),
+    ],
+)
+def test_invalid_listen(tmp_path, listen, problem):
+    """Each mistake in a listen string is a one-line config error saying what is wrong."""
+    error = config_error(tmp_path, {"listen": listen, "auth-tokens": [TOKEN]})
+    assert_one_line(error, f"{tmp_path / 'daggyd.json'}: listen: {problem}")
+
+
+def ssl_listen(key, cert=None, interface="127.0.0.1", port=8443) -> str:
+    listen = f"ssl:{port}:interface={interface}:privateKey={key}"
+    return listen if cert is None else f"{listen}:certKey={cert}"
+
+
+def test_ssl_listen_loads_the_key_and_certificate(tmp_path):
+    """An ssl: listen string with a matching key and certificate is valid and means TLS."""
+    key, cert = write_certificate(tmp_path)
+    config = validate_config({"listen": ssl_listen(key, cert)})
+    assert config.listen == ssl_listen(key, cert)
+    assert parse_listen(config.listen).tls
+    assert config.exposure() is None
+
+
+def test_ssl_key_file_may_hold_the_certificate_too(tmp_path):
+    """Without certKey the certificate is read from the privateKey file."""
+    key, cert = write_certificate(tmp_path)
+    both = write(tmp_path, "both.pem", key.read_text() + cert.read_text())
+    assert validate_config({"listen": ssl_listen(both)}).listen == ssl_listen(both)
+
+
+def ssl_problem(tmp_path, listen) -> str:
+    error = config_error(tmp_path, {"listen": listen})
+    assert len(error.problems) == 1
+    return error.problems[0]
+
+
+def test_ssl_missing_files(tmp_path):
+    """A key or certificate file that cannot be read is a config error naming it."""
+    key, cert = write_certificate(tmp_path)
+    missing = tmp_path / "missing.pem"
+    assert ssl_problem(tmp_path, ssl_listen(key, missing)) == (
+        f"listen: ssl: certKey: cannot read {missing}: No such file or directory")
+    assert ssl_problem(tmp_path, ssl_listen(missing, cert)) == (
+        f"listen: ssl: privateKey: cannot read {missing}: No such file or directory")
+
+
+def test_ssl_files_that_are_not_pem(tmp_path):
+    """Files without a PEM certificate or key (or swapped) are named in the error."""
+    key, cert = write_certificate(tmp_path)
+    junk = write(tmp_path, "junk.pem", "not a certificate\n")
+    assert ssl_problem(tmp_path, ssl_listen(key, junk)) == (
+        f"listen: ssl: certKey: {junk} holds no PEM certificate (OpenSSL: no start line)")
+    assert ssl_problem(tmp_path, ssl_listen(cert, key)).startswith(
+        f"listen: ssl: certKey: {key} holds no PEM certificate (")
+    assert ssl_problem(tmp_path, ssl_listen(junk, cert)).startswith(
+        f"listen: ssl: privateKey: {junk} holds no PEM private key (")
+
+
+def test_ssl_key_of_another_certificate(tmp_path):
+    """A private key that does not belong to the certificate is a config error."""
+    key, cert = write_certificate(tmp_path, "one")
+    other_key, _ = write_certificate(tmp_path, "two")
+    assert ssl_problem(tmp_path, ssl_listen(other_key, cert)) == (
+        f"listen: ssl: the private key in {other_key} does not belong to the certificate in "
+        f"{cert}")
+
+
+def test_ssl_on_every_interface_still_needs_authentication(tmp_path):
+    """TLS does not replace authentication: ssl: on 0.0.0.0 without tokens is refused."""
+    key, cert = write_certificate(tmp_path)
+    assert ssl_problem(tmp_path, ssl_listen(key, cert, interface="0.0.0.0")) == (
+        "listen: refusing to listen on 0.0.0.0 (every IPv4 interface) without "
+        f"authentication; {EXPOSED_FIX}")
+
+
+def test_listening_problems_are_reported_with_the_others(tmp_path):
+    """A bad token file and a bad listen string are both reported, on one line, in key
+    order after the scalar keys."""
+    error = config_error(tmp_path, {"port": 0, "listen": "tcp:x",
+                                    "auth-token-file": str(tmp_path / "nope")})
+    assert error.problems == [
+        "port: must be an integer from 1 to 65535 (got 0)",
+        "listen: give either listen or port, not both (listen holds the whole address, as "
+        "in tcp:2503:interface=127.0.0.1)",
+        f"auth-token-file: cannot read {tmp_path / 'nope'}: No such file or directory",
+    ]

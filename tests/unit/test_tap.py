@@ -7,9 +7,10 @@ import json
 import pytest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,6 +19,7 @@ from daggy.loggers.ostream import OStreamLogger
 from daggy.model import State
 from daggy.runner import RunManager
 from daggy.server._site import DaggySite
+from daggy.server.auth import BearerTokenResource
 from daggy.service import tap
 from daggy.service.config import ConfigError, default_config, load_config, validate_config
 from daggy.service.registry import Component, Registry
@@ -30,6 +32,7 @@ from daggy.service.services import (
     listening_endpoint,
 )
 from daggy.testing.executor import FakeExecutor
+from test_config import write_certificate
 
 _sync = SynchronousTestCase()
 result_of = _sync.successResultOf
@@ -403,3 +406,126 @@ def test_runner_service_recovers_once_the_logger_is_ready():
     assert recovered == []
     ready.callback(None)
     assert recovered == [True]
+
+
+# -- listening and authentication ----------------------------------------------------------
+
+TOKEN = "s3cret-Token-0123456789"
+OTHER_TOKEN = "another.token_ABCDEFGHIJ"
+
+
+def http_log_events(events):
+    return [(event["log_level"].name, event["log_format"]) for event in events
+            if event.get("log_namespace", "").endswith("HTTPServerService")]
+
+
+def start_and_collect_log(daemon):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        daemon.privilegedStartService()
+        daemon.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+def test_tokens_put_the_api_behind_bearer_authentication(tmp_path):
+    """With tokens from auth-tokens and auth-token-file the Site requires one of them, and
+    the start is logged as authenticated."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"{OTHER_TOKEN}\n")
+    config = noop_config(tmp_path, ip="0.0.0.0", **{
+        "auth-tokens": [TOKEN], "auth-token-file": str(token_file)})
+    reactor = DaemonReactor()
+    daemon = build_service(config, reactor)
+    site = daemon.getServiceNamed("http").factory
+    assert isinstance(site.resource, BearerTokenResource)
+    assert len(site.bearer_tokens) == 2
+    assert site.bearer_tokens.accepts(OTHER_TOKEN.encode())
+    events = start_and_collect_log(daemon)
+    [(_, _, _, interface)] = reactor.tcpServers
+    assert interface == "0.0.0.0"
+    assert http_log_events(events) == [(
+        "info", "Serving the API on {where}; every request but GET /ready needs a bearer "
+                "token")]
+    result_of(daemon.stopService())
+
+
+def test_without_tokens_the_api_is_open_on_loopback(tmp_path):
+    """Without tokens the Site serves the API directly, and the log says loopback only."""
+    daemon = build_service(noop_config(tmp_path), DaemonReactor())
+    site = daemon.getServiceNamed("http").factory
+    assert site.bearer_tokens is None
+    assert not isinstance(site.resource, BearerTokenResource)
+    assert http_log_events(start_and_collect_log(daemon)) == [
+        ("info", "Serving the API on {where} without authentication (local connections "
+                 "only)")]
+    result_of(daemon.stopService())
+
+
+def test_an_allowed_exposed_address_without_tokens_is_warned_about(tmp_path):
+    """allow-unauthenticated on 0.0.0.0 starts, with a warning in the log."""
+    config = noop_config(tmp_path, ip="0.0.0.0", **{"allow-unauthenticated": True})
+    daemon = build_service(config, DaemonReactor())
+    events = start_and_collect_log(daemon)
+    assert http_log_events(events) == [(
+        "warn", "Serving the API on {exposure} WITHOUT authentication (allow-unauthenticated "
+                "is true): anyone who can reach it can run commands as this user")]
+    [warning] = [event for event in events if event.get("exposure")]
+    assert warning["exposure"] == "0.0.0.0 (every IPv4 interface)"
+    result_of(daemon.stopService())
+
+
+def test_listen_string_chooses_the_endpoint(tmp_path):
+    """A tcp: listen string is what the daemon listens on (ip and port are not used)."""
+    reactor = DaemonReactor()
+    daemon = build_service(noop_config(tmp_path, listen="tcp:8124:interface=127.0.0.3"),
+                           reactor)
+    assert isinstance(daemon.getServiceNamed("http").endpoint, TCP4ServerEndpoint)
+    daemon.privilegedStartService()
+    [(port, _, _, interface)] = reactor.tcpServers
+    assert (port, interface) == (8124, "127.0.0.3")
+    result_of(daemon.stopService())
+
+
+def test_ssl_listen_string_listens_with_tls(tmp_path):
+    """An ssl: listen string listens with TLS, using the key and certificate given."""
+    key, cert = write_certificate(tmp_path)
+    reactor = DaemonReactor()
+    config = noop_config(tmp_path, listen=f"ssl:8443:interface=127.0.0.1:privateKey={key}:"
+                                          f"certKey={cert}")
+    daemon = build_service(config, reactor)
+    assert isinstance(daemon.getServiceNamed("http").endpoint, SSL4ServerEndpoint)
+    daemon.privilegedStartService()
+    [(port, site, context_factory, _, interface)] = reactor.sslServers
+    assert (port, interface) == (8443, "127.0.0.1")
+    assert isinstance(site, DaggySite)
+    assert context_factory.getContext() is not None
+    result_of(daemon.stopService())
+
+
+def test_a_certificate_gone_since_validation_is_a_config_error(tmp_path):
+    """A key file removed between loading the config and building the service is still a
+    one-line config error."""
+    key, cert = write_certificate(tmp_path)
+    config = noop_config(tmp_path, listen=f"ssl:8443:interface=127.0.0.1:privateKey={key}:"
+                                          f"certKey={cert}")
+    key.unlink()
+    with pytest.raises(ConfigError) as raised:
+        build_service(config, DaemonReactor())
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{config.source}: listen: cannot use ssl:8443:")
+    assert "FileNotFoundError" in message
+
+
+def test_twistd_options_refuse_an_exposed_address_without_authentication(tmp_path):
+    """`twistd daggyd --config` refuses 0.0.0.0 without tokens, as a one-line usage error."""
+    path = write_config(tmp_path, {"ip": "0.0.0.0"})
+    with pytest.raises(usage.UsageError) as raised:
+        tap.Options().parseOptions(["--config", str(path)])
+    assert str(raised.value) == (
+        f"{path}: ip: refusing to listen on 0.0.0.0 (every IPv4 interface) without "
+        "authentication; set auth-tokens or auth-token-file to require a bearer token, or "
+        "set allow-unauthenticated: true to let anyone who can reach it run commands")
