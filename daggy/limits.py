@@ -30,3 +30,12 @@ class RunLimits:
                 raise ValueError(f"{name}: must be an integer >= 1 (got {value!r})")
         if self.max_job_depth < 2:
             raise ValueError("max_job_depth: must be at least 2 (a job holding a list)")
+
+
+#: Open HTTP connections; a connection beyond it is closed as soon as it is accepted.
+DEFAULT_MAX_CONNECTIONS = 1_000
+#: Seconds a client has to send a whole request (line, headers and body) once it began;
+#: a client trickling bytes to hold a connection is answered 408 and disconnected.
+REQUEST_TIMEOUT_SECONDS = 30.0
+#: Seconds an idle keep-alive connection stays open.
+IDLE_TIMEOUT_SECONDS = 60.0

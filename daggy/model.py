@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import datetime
 import math
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON number usable as seconds: an int or float (not a bool) no larger in size than
+    the largest float.  JSON allows integers beyond it; one that would merely round down to
+    it is out of range too.  Python compares an int with a float exactly (no rounding, no
+    OverflowError), and NaN and the infinities fail the comparison."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return -sys.float_info.max <= value <= sys.float_info.max
 
 class State(str, Enum):
     """States shared by tasks and DAG runs."""

@@ -26,10 +26,11 @@ from daggy.executors._process import (
     describe_exit,
     signal_name,
 )
+from daggy.executors._secrets import SecretStore, secret_environment_errors
 
 JOB_FIELDS = (
-    "command", "environment", "minCPUs", "minMemoryMB", "minTmpDiskMB", "priority",
-    "timeLimitSeconds", "workDir", "tmpDir", "partition", "account", "qos", "gres",
+    "command", "environment", "secretEnvironment", "minCPUs", "minMemoryMB", "minTmpDiskMB",
+    "priority", "timeLimitSeconds", "workDir", "tmpDir", "partition", "account", "qos", "gres",
     "sbatchArgs",
 )
 STRING_FIELDS = ("workDir", "tmpDir", "partition", "account", "qos", "gres")
@@ -77,8 +78,15 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_slurm_job(job: Any, path: str) -> list[str]:
-    """Every problem with a Slurm job, each as ``"<path>.<field>: <message>"``."""
+def validate_slurm_job(job: Any, path: str, secrets: SecretStore | None = None,
+                       executor_sets_export: bool = False) -> list[str]:
+    """Every problem with a Slurm job, each as ``"<path>.<field>: <message>"``.
+
+    :param secrets: the secrets ``secretEnvironment`` names are looked up in (not looked up
+        when None).
+    :param executor_sets_export: the executor's own ``sbatchArgs`` hold ``--export``, which
+        would decide the job's environment instead of :func:`export_option`.
+    """
     if not isinstance(job, dict):
         return [f"{path}: must be an object"]
     errors = command_job_errors(
@@ -114,18 +122,44 @@ def validate_slurm_job(job: Any, path: str) -> list[str]:
                         f"{path}.sbatchArgs[{index}]: {arg.split('=')[0]} is set by the"
                         " executor and cannot be given"
                     )
+                elif job.get("secretEnvironment") and is_export_option(arg):
+                    errors.append(
+                        f"{path}.sbatchArgs[{index}]: --export cannot be combined with"
+                        " secretEnvironment (the executor passes the secrets with"
+                        " --export=ALL,<names>)")
+
+    errors.extend(secret_environment_errors(job, path, secrets))
+    if executor_sets_export and job.get("secretEnvironment"):
+        errors.append(f"{path}.secretEnvironment: cannot be used while the executor's"
+                      " sbatchArgs set --export (the secrets are passed with"
+                      " --export=ALL,<names>)")
     return errors
 
 
+def is_export_option(arg: str) -> bool:
+    """Whether ``arg`` is sbatch's ``--export`` (not ``--export-file``)."""
+    return arg == "--export" or arg.startswith("--export=")
+
+
+def export_option(names: list[str]) -> str:
+    """The sbatch option passing the secrets of a job: the whole environment of the sbatch
+    process, as without ``--export``, naming the secrets explicitly.  Names only: the
+    values are in sbatch's environment, never on its command line."""
+    return "--export=ALL," + ",".join(names)
+
+
 def reserved_option(arg: str) -> bool:
-    """Whether ``arg`` sets an sbatch option the executor owns (``--output=x``, ``-ox``)."""
-    for option in RESERVED_SBATCH_OPTIONS:
-        if option.startswith("--"):
-            if arg == option or arg.startswith(option + "="):
-                return True
-        elif arg.startswith(option):
-            return True
-    return False
+    """Whether ``arg`` sets an sbatch option the executor owns (``--output=x``, ``-ox``).
+
+    sbatch parses long options with getopt_long, which takes any unambiguous prefix of a
+    name (``--out=x`` is ``--output=x``), so a prefix of a reserved name is reserved too."""
+    if arg.startswith("--"):
+        name = arg.split("=", 1)[0]
+        return len(name) > 2 and any(
+            option.startswith(name) for option in RESERVED_SBATCH_OPTIONS
+            if option.startswith("--"))
+    return any(arg.startswith(option) for option in RESERVED_SBATCH_OPTIONS
+               if not option.startswith("--"))
 
 
 def safe_name(text: str) -> str:
@@ -375,11 +409,15 @@ class CommandRunner:
         self._timeout = timeout_seconds
         self._limit = max_output_bytes
 
-    def run(self, argv: list[str], stdin: bytes | None = None) -> Deferred[CommandResult]:
+    def run(self, argv: list[str], stdin: bytes | None = None,
+            environment: dict[str, str] | None = None) -> Deferred[CommandResult]:
+        """Run ``argv`` with ``stdin``; ``environment`` is added to the command's
+        environment (how secret values reach sbatch: never on ``argv``)."""
         done: Deferred[CommandResult] = Deferred()
         protocol = _CommandProtocol(done, self._limit)
+        env = {**self._environ, **environment} if environment else self._environ
         try:
-            transport = self._reactor.spawnProcess(protocol, argv[0], argv, env=self._environ)
+            transport = self._reactor.spawnProcess(protocol, argv[0], argv, env=env)
         except Exception as e:
             done.callback(CommandResult(None, "", "", f"could not run {argv[0]}: {e}"))
             return done

@@ -20,7 +20,6 @@ it, else daggyd as a child subreaper plus a ``/proc`` walk at kill time.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from typing import Any, Callable
@@ -39,6 +38,7 @@ from daggy.executors._isolation import (
     SessionIsolation,
     choose_isolation,
 )
+from daggy.executors._secrets import MissingSecret, SecretStore, secret_environment_errors
 from daggy.executors._spawn import can_spawn_session_leaders, spawn_session_leader
 from daggy.executors._process import (
     BoundedOutput,
@@ -51,24 +51,20 @@ from daggy.executors._process import (
     find_program,
     format_seconds,
 )
-from daggy.model import Attempt
+from daggy.model import Attempt, is_finite_number
 
-JOB_FIELDS = ("command", "environment", "timeoutSeconds", "workDir")
+JOB_FIELDS = ("command", "environment", "secretEnvironment", "timeoutSeconds", "workDir")
 SHUTDOWN_REASON = "daemon shutting down"
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but `true` is not a number of seconds.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _has_nul(text: str) -> bool:
     return "\0" in text
 
 
-def validate_command_job(job: Any, path: str) -> list[str]:
-    """Check a ``{command, environment, timeoutSeconds, workDir}`` job; see
-    :meth:`ForkingTaskExecutor.validate_job`."""
+def validate_command_job(job: Any, path: str, secrets: SecretStore | None = None) -> list[str]:
+    """Check a ``{command, environment, secretEnvironment, timeoutSeconds, workDir}`` job;
+    see :meth:`ForkingTaskExecutor.validate_job`.  Without ``secrets`` the names in
+    ``secretEnvironment`` are checked but not looked up."""
     if not isinstance(job, dict):
         return [f"{path}: must be an object"]
     errors = command_job_errors(
@@ -78,7 +74,7 @@ def validate_command_job(job: Any, path: str) -> list[str]:
 
     if "timeoutSeconds" in job:
         timeout = job["timeoutSeconds"]
-        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+        if not is_finite_number(timeout) or timeout <= 0:
             errors.append(f"{path}.timeoutSeconds: must be a number > 0")
 
     if "workDir" in job:
@@ -87,6 +83,7 @@ def validate_command_job(job: Any, path: str) -> list[str]:
             errors.append(f"{path}.workDir: must be a non-empty string")
         elif _has_nul(work_dir):
             errors.append(f"{path}.workDir: must not contain NUL characters")
+    errors.extend(secret_environment_errors(job, path, secrets))
     return errors
 
 
@@ -103,6 +100,8 @@ class ForkingTaskExecutor:
     :param kill_group: ``os.killpg``-compatible; tests inject a fake.
     :param setsid_path: the util-linux ``setsid`` that puts each task in a new session when
         the reactor cannot spawn session leaders itself.
+    :param secrets: the values of the executor's ``secretsFile``; a job's
+        ``secretEnvironment`` names are looked up there, then in ``environ``.
     :param isolation: how the processes of a task are found when it is killed (see
         :mod:`daggy.executors._isolation`): ``"auto"`` (the strongest this machine allows;
         process groups only on a reactor that is not a real POSIX one), ``"cgroup"``,
@@ -124,6 +123,8 @@ class ForkingTaskExecutor:
         kill_group: Callable[[int, int], None] = os.killpg,
         setsid_path: str = "/usr/bin/setsid",
         isolation: str | Isolation = "auto",
+        secrets: dict[str, str] | None = None,
+        secrets_source: str | None = None,
     ) -> None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1, not {threads!r}")
@@ -133,13 +134,14 @@ class ForkingTaskExecutor:
             or max_output_bytes < 0
         ):
             raise ValueError(f"maxOutputBytes must be an integer >= 0, not {max_output_bytes!r}")
-        if not _is_number(kill_grace_seconds) or not 0 <= kill_grace_seconds < math.inf:
+        if not is_finite_number(kill_grace_seconds) or kill_grace_seconds < 0:
             raise ValueError(f"killGraceSeconds must be a number >= 0, not {kill_grace_seconds!r}")
         self._reactor = reactor
         self.capacity: int | None = threads
         self._max_output_bytes = max_output_bytes
         self._kill_grace_seconds = float(kill_grace_seconds)
         self._environ = dict(os.environ if environ is None else environ)
+        self._secrets = SecretStore(secrets, self._environ, secrets_source)
         self._kill_group = kill_group
         self._setsid_path = None if can_spawn_session_leaders(reactor) else setsid_path
         if not isinstance(isolation, str):
@@ -162,8 +164,9 @@ class ForkingTaskExecutor:
         """Every problem with ``job``, each as ``"<path>.<field>: <message>"``.
 
         Unknown fields are errors, so a misspelt ``timeoutSecond`` is not silently ignored.
+        Every name in ``secretEnvironment`` must be a secret this executor has.
         """
-        return validate_command_job(job, path)
+        return validate_command_job(job, path, self._secrets)
 
     def start(
         self, run_id: int, task_name: str, job: dict[str, Any]
@@ -192,6 +195,8 @@ class ForkingTaskExecutor:
         environment.update(job.get("environment") or {})
         work_dir = job.get("workDir")
         try:
+            # The values never leave this dict: only the spawned process gets them.
+            environment.update(self._secrets.values(job.get("secretEnvironment") or ()))
             cwd = os.getcwd()
             if work_dir is not None:
                 check_work_dir(work_dir)
@@ -200,7 +205,7 @@ class ForkingTaskExecutor:
                 find_program(self._setsid_path, None, cwd)
             # The lookup execvp would do, done here so a typo is reported plainly.
             program = find_program(command[0], environment.get("PATH"), cwd)
-        except (ProgramNotFound, OSError) as e:
+        except (ProgramNotFound, OSError, MissingSecret) as e:
             return self._spawn_failed(label, start_time, str(e))
 
         scope = self._isolation.new_scope()

@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from daggy.executors._process import FinishedExecution, decode_output
+from daggy.executors._secrets import MissingSecret, SecretStore
 from daggy.executors._slurm_commands import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -28,7 +29,9 @@ from daggy.executors._slurm_commands import (
     JobStatus,
     batch_script,
     describe_status,
+    export_option,
     file_stem,
+    is_export_option,
     job_name,
     job_options,
     parse_named_jobs,
@@ -75,6 +78,11 @@ class SlurmTaskExecutor:
     :param max_parallel_submits: most sbatch processes at once; further submissions wait
         their turn (a 10,000-task wave must not fork 10,000 sbatch processes).
     :param environ: the environment of the Slurm commands (default: ``os.environ``).
+    :param secrets: the values of the executor's ``secretsFile``; a job's
+        ``secretEnvironment`` names are looked up there, then in ``environ``, and reach the
+        job through sbatch's environment (``--export=ALL,<names>``), never its argv or the
+        batch script.
+    :param secrets_source: the secrets file's path, for messages.
     """
 
     log = Logger()
@@ -104,6 +112,8 @@ class SlurmTaskExecutor:
         sacct_completion: bool = False,
         max_parallel_submits: int = 8,
         environ: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        secrets_source: str | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"pollIntervalSeconds must be > 0, not {poll_interval!r}")
@@ -122,6 +132,7 @@ class SlurmTaskExecutor:
         self._paths = {name: command_prefix + name for name in COMMANDS}
         self._paths.update(command_paths or {})
         self._sbatch_args = list(sbatch_args)
+        self._sbatch_args_export = any(is_export_option(arg) for arg in self._sbatch_args)
         self._job_name_prefix = safe_name(job_name_prefix)
         self._max_output_bytes = max_output_bytes
         self._submit_retries = submit_retries
@@ -129,8 +140,9 @@ class SlurmTaskExecutor:
         self._max_backoff = float(max_backoff_seconds)
         self._lost_job_seconds = float(lost_job_seconds)
         self._sacct_completion = sacct_completion
-        self._runner = CommandRunner(reactor, dict(os.environ if environ is None else environ),
-                                     command_timeout_seconds)
+        command_environ = dict(os.environ if environ is None else environ)
+        self._secrets = SecretStore(secrets, command_environ, secrets_source)
+        self._runner = CommandRunner(reactor, command_environ, command_timeout_seconds)
         #: job id -> execution, for every job submitted and not yet resolved.
         self._tracked: dict[str, SlurmExecution] = {}
         #: executions not yet finished (submitting or tracked).
@@ -155,8 +167,9 @@ class SlurmTaskExecutor:
     # -- the TaskExecutor interface ------------------------------------------------------
 
     def validate_job(self, job: Any, path: str) -> list[str]:
-        """Every problem with ``job`` as ``"<path>.<field>: <message>"``; unknown fields too."""
-        return validate_slurm_job(job, path)
+        """Every problem with ``job`` as ``"<path>.<field>: <message>"``; unknown fields too.
+        Every name in ``secretEnvironment`` must be a secret this executor has."""
+        return validate_slurm_job(job, path, self._secrets, self._sbatch_args_export)
 
     def start(self, run_id: int, task_name: str, job: dict[str, Any]) -> Any:
         """Submit one attempt; ``started`` fires with ``{"jobId", "stdout", "stderr"}`` once
@@ -179,15 +192,27 @@ class SlurmTaskExecutor:
         stem = os.path.join(run_dir, file_stem(task_name))
         name = job_name(self._job_name_prefix, run_id, task_name)
         stdout, stderr = stem + ".%j.out", stem + ".%j.err"
+        secret_names = list(job.get("secretEnvironment") or ())
         argv = [
             "--parsable", f"--job-name={name}", f"--output={stdout}", f"--error={stderr}",
-            *job_options(job, self._defaults), *self._sbatch_args, *job.get("sbatchArgs", ()),
+            *job_options(job, self._defaults),
+            *([export_option(secret_names)] if secret_names else []),
+            *self._sbatch_args, *job.get("sbatchArgs", ()),
         ]
         script = batch_script(list(job["command"]), dict(job.get("environment") or {}),
                               job.get("tmpDir"))
+        try:
+            secret_values = self._secrets.values(secret_names)
+            missing = None
+        except MissingSecret as e:
+            secret_values, missing = {}, str(e)
         execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
                                    stdout_pattern=stdout, stderr_pattern=stderr,
-                                   job_name=name, argv=argv, script=script.encode("utf-8"))
+                                   job_name=name, argv=argv, script=script.encode("utf-8"),
+                                   environment=secret_values)
+        if missing is not None:
+            execution.finish(succeeded=False, rc=None, log=f"not submitted: {missing}")
+            return execution
         try:
             os.makedirs(run_dir, exist_ok=True)
         except OSError as e:
@@ -244,10 +269,10 @@ class SlurmTaskExecutor:
 
     # -- used by SlurmExecution ----------------------------------------------------------
 
-    def run_command(self, name: str, args: list[str],
-                    stdin: bytes | None = None) -> Deferred[CommandResult]:
+    def run_command(self, name: str, args: list[str], stdin: bytes | None = None,
+                    environment: dict[str, str] | None = None) -> Deferred[CommandResult]:
         self.command_counts[name] += 1
-        return self._runner.run([self._paths[name], *args], stdin)
+        return self._runner.run([self._paths[name], *args], stdin, environment)
 
     def sbatch(self, execution: SlurmExecution) -> None:
         """Run sbatch for ``execution`` now, or once one of the parallel slots is free."""
@@ -259,7 +284,8 @@ class SlurmTaskExecutor:
     def _run_sbatch(self, execution: SlurmExecution) -> None:
         self._submitting += 1
         execution.sbatch_running = True
-        d = self.run_command("sbatch", execution.argv, execution.script)
+        d = self.run_command("sbatch", execution.argv, execution.script,
+                             execution.environment)
         d.addBoth(self._sbatch_slot_free)
         d.addCallback(execution.submitted)
         d.addErrback(execution.bug)
@@ -535,13 +561,16 @@ class SlurmExecution:
 
     def __init__(self, executor: SlurmTaskExecutor, label: str, start_time: float, *,
                  stdout_pattern: str, stderr_pattern: str, job_name: str = "",
-                 argv: list[str] | None = None, script: bytes = b"") -> None:
+                 argv: list[str] | None = None, script: bytes = b"",
+                 environment: dict[str, str] | None = None) -> None:
         self.result: Deferred[Attempt] = Deferred()
         self.started: Deferred[dict[str, Any]] = Deferred()
         self.job_id: str | None = None
         self.job_name = job_name
         self.argv = argv or []
         self.script = script
+        #: Added to sbatch's environment: the values of the job's secretEnvironment.
+        self.environment = environment or {}
         self.stdout_pattern = stdout_pattern
         self.stderr_pattern = stderr_pattern
         #: job ids of the task's earlier attempts (never this attempt's job).
@@ -668,6 +697,7 @@ class SlurmExecution:
         if self.ended:
             return
         self.ended = True
+        self.environment = {}  # no secret value is kept longer than needed
         output, output_cut = ("", False)
         errors, errors_cut = ("", False)
         if self.job_id is not None:

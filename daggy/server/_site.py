@@ -1,24 +1,28 @@
 # -*- test-case-name: tests.unit.test_api -*-
-"""The twisted.web Site serving the API: request-body limit, idle timeout, quiet access log,
-and (when tokens are configured) bearer-token authentication."""
+"""The twisted.web Site serving the API: request-body limit, idle and whole-request
+timeouts, a cap on open connections, no access log, and (when tokens are configured)
+bearer-token authentication."""
 
 from __future__ import annotations
 
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Sequence
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import server
 
+from daggy.jsonio import dumps_ascii_fallback
+from daggy.limits import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
 from daggy.server._json import json_body
 from daggy.server.auth import BearerTokenResource, BearerTokens
 
 if TYPE_CHECKING:
     from daggy.server.api import DaggyAPI
 
-# Idle keep-alive connections (and clients that stall while sending headers or a body) are
-# dropped after this long; twisted.web suspends the timer while a response is being produced.
-IDLE_TIMEOUT_SECONDS = 60.0
+_REQUEST_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
 
 
 class _BoundedRequest(server.Request):
@@ -36,6 +40,24 @@ class _BoundedRequest(server.Request):
     _body_too_large = False
     _body_unauthenticated = False
     _body_bytes = 0
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        # Created when a request's first line arrives; L{requestReceived} is called once all
+        # of it has.  The site's sweep answers 408 to a request that takes too long between.
+        site = getattr(channel, "site", None)
+        if site is not None and isinstance(site, DaggySite):
+            site.receiving_since(self)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.channel.site.received(self)
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, DaggySite):
+            site.received(self)
+        super().connectionLost(reason)
 
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
@@ -61,6 +83,18 @@ class _BoundedRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    def _handleStar(self) -> None:
+        # twisted.web answers a request for "*" itself (before any resource), with an empty
+        # body; every other answer of the API is JSON, so this one is too.
+        if self.method == b"OPTIONS":
+            super()._handleStar()
+            return
+        method = self.method.decode("ascii", "replace")
+        self.setHeader(b"Allow", b"OPTIONS")
+        self.write(json_body(self, {"error": f"method {method} not allowed on *; allowed: "
+                                             "OPTIONS"}, 405))
+        self.finish()
+
     def process(self) -> None:
         if not self._body_too_large:
             super().process()
@@ -72,18 +106,22 @@ class _BoundedRequest(server.Request):
 
 
 class DaggySite(server.Site):
-    """A Site that refuses large bodies and logs requests at debug level only.
+    """A Site that refuses large bodies, slow requests and connections beyond a cap, and
+    writes no access log.
 
-    twisted.web's default access log writes one line per request to the global log at info
-    level; a daemon polled by clients would drown its own log in them.
+    twisted.web's default access log writes one line per request; a daemon polled by
+    clients would drown its own log in them, and even a filtered-out debug event cost a
+    sixth of the time of answering a ``/state`` poll.
 
     With C{bearer_tokens} it serves C{resource} through a L{BearerTokenResource}.
     """
 
-    _access_log = Logger()
+    log_events = Logger()
 
     def __init__(self, resource: Any, max_request_bytes: int, *, timeout: float,
-                 reactor: Any, bearer_tokens: BearerTokens | None = None):
+                 reactor: Any, bearer_tokens: BearerTokens | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         if bearer_tokens is not None:
             resource = BearerTokenResource(resource, bearer_tokens)
         super().__init__(resource, requestFactory=_BoundedRequest,
@@ -92,27 +130,81 @@ class DaggySite(server.Site):
                          timeout=timeout, reactor=reactor)
         self.max_request_bytes = max_request_bytes
         self.bearer_tokens = bearer_tokens
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused_connections = 0
+        # Requests still arriving -> when their first line came.  Insertion order is
+        # arrival order, so the sweep stops at the first request still within its time.
+        self._receiving: dict[_BoundedRequest, float] = {}
+        self._sweep = LoopingCall(self._answer_slow_requests)
+        self._sweep.clock = self.reactor
+
+    def receiving_since(self, request: _BoundedRequest) -> None:
+        self._receiving[request] = self.reactor.seconds()
+
+    def received(self, request: _BoundedRequest) -> None:
+        self._receiving.pop(request, None)
+
+    def _answer_slow_requests(self) -> None:
+        try:
+            deadline = self.reactor.seconds() - self.request_timeout
+            while self._receiving:
+                request, since = next(iter(self._receiving.items()))
+                if since > deadline:
+                    break
+                del self._receiving[request]
+                body = dumps_ascii_fallback(
+                    {"error": f"request not received within {self.request_timeout:g} seconds"})
+                transport = request.channel.transport if request.channel else None
+                if transport is not None:
+                    transport.write(_REQUEST_TIMEOUT_ANSWER % (len(body), body))
+                    transport.loseConnection()
+        except Exception:
+            self.log_events.failure("answering slow requests failed")
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= self.max_connections:
+            # Closed at once by the listening port; logged once per burst.
+            if not self.refused_connections:
+                self.log_events.warn(
+                    "{count} connections are open (max-connections); refusing more",
+                    count=self.open_connections)
+            self.refused_connections += 1
+            return None
+        protocol = super().buildProtocol(addr)
+        self.open_connections += 1
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.open_connections -= 1
+            if self.refused_connections and self.open_connections < self.max_connections:
+                self.log_events.info("accepting connections again after refusing {count}",
+                                     count=self.refused_connections)
+                self.refused_connections = 0
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
 
     def startFactory(self) -> None:
         # HTTPFactory opens its access-log file and starts a once-a-second timestamp timer
         # here; both serve only the access log that L{log} replaces.
-        pass
+        if not self._sweep.running:
+            self._sweep.start(min(1.0, self.request_timeout / 2), now=False)
 
     def stopFactory(self) -> None:
-        pass
+        if self._sweep.running:
+            self._sweep.stop()
 
     def log(self, request: server.Request) -> None:
-        self._access_log.debug(
-            "{method} {uri} -> {code} ({length} bytes)",
-            method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
-            code=request.code,
-            length=request.sentLength,
-        )
+        """No access log (see the class docstring)."""
 
 
 def make_site(api: "DaggyAPI", max_request_bytes: int, *,
               timeout: float = IDLE_TIMEOUT_SECONDS, reactor: Any = None,
+              request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+              max_connections: int = DEFAULT_MAX_CONNECTIONS,
               auth_tokens: Sequence[str] = ()) -> DaggySite:
     """Build the Site serving C{api}.
 
@@ -128,4 +220,5 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
         raise ValueError(f"max_request_bytes must be >= 0, got {max_request_bytes}")
     return DaggySite(api.resource(), max_request_bytes, timeout=timeout,
                      reactor=api.clock if reactor is None else reactor,
-                     bearer_tokens=BearerTokens(auth_tokens) if auth_tokens else None)
+                     bearer_tokens=BearerTokens(auth_tokens) if auth_tokens else None,
+                     request_timeout=request_timeout, max_connections=max_connections)

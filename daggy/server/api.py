@@ -24,18 +24,22 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
 from daggy._collector import collector_paused
 from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun, json_type_name
+from daggy.jsonio import loads_like_stdlib
 from daggy.model import State
-from daggy.server._json import json_body
+from daggy.server._json import JSON_CONTENT_TYPE, json_body
 from daggy.server._site import IDLE_TIMEOUT_SECONDS, DaggySite, make_site
+from daggy.server.openapi import OPENAPI_PATH, build_openapi_document
 
 __all__ = ["DaggyAPI", "DaggySite", "make_site", "IDLE_TIMEOUT_SECONDS"]
 
 _RUN_ID = re.compile(r"[0-9]+")
+# More than any run counter will reach (2**63 has 19 digits).
+_MAX_RUN_ID_DIGITS = 19
 _TRUE_WORDS = frozenset({"", "1", "true", "yes"})
 _FALSE_WORDS = frozenset({"0", "false", "no"})
 _RUN_TARGET_STATES = (State.QUEUED, State.KILLED)
@@ -50,9 +54,9 @@ class _Remainder(BaseConverter):
 
 
 class _UTF8Resource(KleinResource):
-    """Answers a path or Host that is not UTF-8 with a JSON 400 before Klein sees it (Klein
-    itself would log an error and answer with a plain-text body), and the run-state poll
-    through L{DaggyAPI.answer_state_poll}.
+    """Answers a path or Host that is not UTF-8, or a Host that is not a valid host name,
+    with a JSON 400 (Klein itself would log an error and answer with a plain-text or HTML
+    body), and the run-state poll through L{DaggyAPI.answer_state_poll}.
     """
 
     def __init__(self, app: Klein, api: "DaggyAPI"):
@@ -73,7 +77,12 @@ class _UTF8Resource(KleinResource):
             answer = self._api.answer_state_poll(request)
             if answer is not None:
                 return answer
-        return super().render(request)
+        try:
+            return super().render(request)
+        except BadHost:
+            # Raised by werkzeug's Map.bind, before Klein's error handling, for a Host it
+            # cannot IDNA-encode (an empty or over-long label, ...).
+            return json_body(request, {"error": "Host header: not a valid host name"}, 400)
 
 
 def _text(raw: bytes) -> str:
@@ -91,7 +100,7 @@ def _parse_json_body(request: IRequest) -> Any:
 
     try:
         with collector_paused():
-            return json.loads(raw, parse_constant=reject_constant)
+            return loads_like_stdlib(raw, parse_constant=reject_constant)
     except json.JSONDecodeError as e:
         raise BadRequest(
             f"body: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
@@ -112,16 +121,30 @@ def _parse_spec_body(request: IRequest) -> dict[str, Any]:
 
 
 def _parse_run_id(text: str) -> int:
-    if not _RUN_ID.fullmatch(text):
-        # Run IDs are integers, so no run has this ID.
-        raise UnknownRun(text)
-    return int(text)
+    digits = text.lstrip("0")
+    if not _RUN_ID.fullmatch(text) or len(digits) > _MAX_RUN_ID_DIGITS:
+        # Run IDs are integers of a sane size, so no run has this ID (and int() refuses
+        # strings of more than 4,300 digits).
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise UnknownRun(shown)
+    return int(digits or "0")
+
+
+def _state_named(text: str) -> State:
+    """The state C{text} names in any ASCII case.
+
+    @raise ValueError: for anything else (str.upper would map some non-ASCII letters, such
+        as the dotless i of C{"kılled"}, onto a state name).
+    """
+    if not text.isascii():
+        raise ValueError(text)
+    return State(text.upper())
 
 
 def _parse_target_state(text: str, allowed: tuple[State, ...], what: str) -> State:
     allowed_names = ", ".join(state.value for state in allowed)
     try:
-        state = State(text.upper())
+        state = _state_named(text)
     except ValueError:
         raise BadRequest(
             f"state: unknown state {text!r}; a {what} can be set to {allowed_names}") from None
@@ -172,6 +195,41 @@ def _task_path(request: IRequest, run_id: str) -> tuple[str, list[str]]:
     return name, tail
 
 
+def _task_route_methods(tail: list[str]) -> tuple[str, ...]:
+    """The methods a task path with these trailing segments takes; none when there is no
+    such endpoint.  Klein matches every C{.../task/<rest>} path for GET and PATCH alike, so
+    this, not the route table, says what each path really serves."""
+    if tail in ([], ["state"]):
+        return ("GET", "HEAD")
+    if len(tail) == 2 and tail[0] == "state":
+        return ("PATCH",)
+    return ()
+
+
+def _task_target(request: IRequest, run_id: str) -> tuple[str, list[str]]:
+    """C{_task_path}, raising NotFound or MethodNotAllowed when the path does not take the
+    request's method."""
+    name, tail = _task_path(request, run_id)
+    methods = _task_route_methods(tail)
+    if not methods:
+        raise NotFound()
+    if _text(request.method) not in methods:
+        raise MethodNotAllowed(valid_methods=list(methods))
+    return name, tail
+
+
+def _methods_of_task_path(request: IRequest) -> tuple[str, ...] | None:
+    """For a task path, the methods it takes (none: no such endpoint); None for any other
+    path or one that cannot be read."""
+    segments = request.path.split(b"/")
+    if len(segments) < 6 or segments[1:3] != [b"v1", b"dagrun"] or segments[4] != b"task":
+        return None
+    try:
+        return _task_route_methods(_task_path(request, _unquote_segment(segments[3], "path"))[1])
+    except (BadRequest, NotFound):
+        return None
+
+
 class DaggyAPI:
     """The daggyd REST API.
 
@@ -180,6 +238,9 @@ class DaggyAPI:
     @param logger: a L{daggy.loggers.interface.RunLogger}, read for every GET.
     @param clock: an C{IReactorTime}; the Site made by L{make_site} uses it for idle
         timeouts.
+    @param executor_name: the executor the runner uses (C{"ForkingTaskExecutor"}, ...), so
+        that the OpenAPI document describes its job format; without it the document allows
+        any job object.
     """
 
     log = Logger()
@@ -190,10 +251,13 @@ class DaggyAPI:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
 
-    def __init__(self, runner: Any, logger: Any, clock: Any):
+    def __init__(self, runner: Any, logger: Any, clock: Any, *,
+                 executor_name: str | None = None):
         self._runner = runner
         self._logger = logger
         self._clock = clock
+        self._executor_name = executor_name
+        self._openapi_json: bytes | None = None
 
     @property
     def clock(self) -> Any:
@@ -249,6 +313,13 @@ class DaggyAPI:
     def _answer_http_exception(self, request: IRequest, error: HTTPException) -> bytes:
         method = _text(request.method)
         path = _text(request.path)
+        if isinstance(error, MethodNotAllowed):
+            task_methods = _methods_of_task_path(request)
+            if task_methods is not None:
+                # So that Allow lists what this task path takes, not every method of the
+                # pattern Klein matched.
+                error = (MethodNotAllowed(valid_methods=list(task_methods)) if task_methods
+                         else NotFound())
         if isinstance(error, NotFound):
             message = f"no such endpoint: {method} {path}"
         elif isinstance(error, MethodNotAllowed):
@@ -270,6 +341,15 @@ class DaggyAPI:
         if not ready:
             return json_body(request, {"msg": "daggyd is not ready", "error": reason}, 503)
         return json_body(request, {"msg": "Ya like DAGs?"})
+
+    @app.route(OPENAPI_PATH, methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        # Built on first use: most daemons are never asked for it.
+        if self._openapi_json is None:
+            self._openapi_json = json.dumps(
+                build_openapi_document(self._executor_name)).encode("utf-8")
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return self._openapi_json
 
     # Both spellings are registered: with only one, werkzeug answers a wrong verb on the other
     # spelling with 404 instead of 405.
@@ -293,9 +373,11 @@ class DaggyAPI:
     @app.route("/v1/dagruns/", methods=["GET"], endpoint="list_runs_slash")
     async def list_runs(self, request: IRequest) -> bytes:
         all_runs = _query_value(request, "all")
-        if all_runs is None or all_runs.lower() in _FALSE_WORDS:
+        # Only ASCII words count: str.lower maps some other letters onto ASCII ones.
+        word = all_runs.lower() if all_runs is not None and all_runs.isascii() else None
+        if all_runs is None or word in _FALSE_WORDS:
             include_finished = False
-        elif all_runs.lower() in _TRUE_WORDS:
+        elif word in _TRUE_WORDS:
             include_finished = True
         else:
             raise BadRequest(f"all: expected 1, true or yes (or 0, false, no), got {all_runs!r}")
@@ -303,7 +385,7 @@ class DaggyAPI:
         state = None
         if state_name is not None:
             try:
-                state = State(state_name.upper())
+                state = _state_named(state_name)
             except ValueError:
                 names = ", ".join(s.value for s in State)
                 raise BadRequest(f"state: unknown state {state_name!r}; expected one of {names}")
@@ -343,25 +425,17 @@ class DaggyAPI:
     @app.route("/v1/dagrun/<run_id>/task/<remainder:rest>", methods=["GET"])
     async def get_task(self, request: IRequest, run_id: str, rest: str) -> bytes:
         number = _parse_run_id(run_id)
-        name, tail = _task_path(request, run_id)
+        name, tail = _task_target(request, run_id)
         if tail == []:
             task = await self._logger.get_task(number, name)
             return json_body(request, task)
-        if tail == ["state"]:
-            state = await self._logger.get_task_state(number, name)
-            return json_body(request, state)
-        if len(tail) == 2 and tail[0] == "state":
-            raise MethodNotAllowed(valid_methods=["PATCH"])
-        raise NotFound()
+        state = await self._logger.get_task_state(number, name)
+        return json_body(request, state)
 
     @app.route("/v1/dagrun/<run_id>/task/<remainder:rest>", methods=["PATCH"])
     async def set_task_state(self, request: IRequest, run_id: str, rest: str) -> bytes:
         number = _parse_run_id(run_id)
-        name, tail = _task_path(request, run_id)
-        if tail == [] or tail == ["state"]:
-            raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
-        if len(tail) != 2 or tail[0] != "state":
-            raise NotFound()
+        name, tail = _task_target(request, run_id)
         state = _parse_target_state(tail[1], _TASK_TARGET_STATES, "task")
         await maybeDeferred(self._runner.set_task_state, number, name, state)
         return json_body(request, {"runID": number, "name": name, "state": state.value})

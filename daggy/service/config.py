@@ -22,6 +22,12 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from daggy.errors import json_type_name
+from daggy.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    IDLE_TIMEOUT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    RunLimits,
+)
 
 from daggy.service.listen import check_listen, exposure, parse_listen
 from daggy.service.registry import (
@@ -31,6 +37,8 @@ from daggy.service.registry import (
     Registry,
     Setting,
     boolean,
+    bounded_integer,
+    bounded_number,
     listen_address,
     optional_non_empty_string,
     port_number,
@@ -71,6 +79,16 @@ _SCALAR_SETTINGS: dict[str, Setting] = {
     "auth-tokens": Setting([], _token_list),
     "auth-token-file": Setting(None, optional_non_empty_string),
     "allow-unauthenticated": Setting(False, boolean),
+    # Run limits (daggy/limits.py) and HTTP limits (daggy/server/_site.py); docs/security.md.
+    "max-tasks-per-run": Setting(RunLimits.max_tasks_per_run, positive_integer),
+    "max-job-depth": Setting(RunLimits.max_job_depth, bounded_integer(2, 256)),
+    "max-queued-runs": Setting(RunLimits.max_queued_runs, positive_integer),
+    "max-generated-tasks": Setting(RunLimits.max_generated_tasks, positive_integer),
+    "max-generator-output-bytes": Setting(RunLimits.max_generator_output_bytes,
+                                          positive_integer),
+    "max-connections": Setting(DEFAULT_MAX_CONNECTIONS, positive_integer),
+    "request-timeout-seconds": Setting(REQUEST_TIMEOUT_SECONDS, bounded_number(3600)),
+    "idle-timeout-seconds": Setting(IDLE_TIMEOUT_SECONDS, bounded_number(86400)),
 }
 _COMPONENT_KEYS = ("logger", "executor")
 _TOP_LEVEL_KEYS = sorted([*_SCALAR_SETTINGS, *_COMPONENT_KEYS])
@@ -116,6 +134,10 @@ class DaemonConfig:
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     auth_token_file: str | None = None
     allow_unauthenticated: bool = False
+    run_limits: RunLimits = RunLimits()
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
+    idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS
 
     @property
     def authenticated(self) -> bool:
@@ -236,6 +258,16 @@ def validate_config(
         auth_tokens=tokens,
         auth_token_file=values["auth-token-file"],
         allow_unauthenticated=values["allow-unauthenticated"],
+        run_limits=RunLimits(
+            max_tasks_per_run=values["max-tasks-per-run"],
+            max_job_depth=values["max-job-depth"],
+            max_queued_runs=values["max-queued-runs"],
+            max_generated_tasks=values["max-generated-tasks"],
+            max_generator_output_bytes=values["max-generator-output-bytes"],
+        ),
+        max_connections=values["max-connections"],
+        request_timeout_seconds=values["request-timeout-seconds"],
+        idle_timeout_seconds=values["idle-timeout-seconds"],
     )
 
 

@@ -83,6 +83,15 @@ def bounded_integer(low: int, high: int) -> Check:
     return check
 
 
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return None
+        return f"must be one of {', '.join(choices)} (got {shown(value)})"
+
+    return check
+
+
 def bounded_number(high: float) -> Check:
     """A number > 0 and <= ``high``."""
 
@@ -129,6 +138,21 @@ class Component:
         return {key: setting.default for key, setting in self.settings.items()}
 
 
+def _secrets(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``secrets`` and ``secrets_source`` arguments of an executor with a
+    ``secretsFile`` key.
+
+    :raises ValueError: the file cannot be read or is not an object of strings; the
+        message names the file, never a value.
+    """
+    path = config["secretsFile"]
+    if path is None:
+        return {}
+    from daggy.executors._secrets import load_secrets_file
+
+    return {"secrets": load_secrets_file(path), "secrets_source": path}
+
+
 def _build_forking_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
     from daggy.executors.forking import ForkingTaskExecutor
 
@@ -137,6 +161,8 @@ def _build_forking_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
         threads=config["threads"],
         max_output_bytes=config["maxOutputBytes"],
         kill_grace_seconds=float(config["killGraceSeconds"]),
+        isolation=config["isolation"],
+        **_secrets(config),
     )
 
 
@@ -226,6 +252,7 @@ def _build_slurm_executor(reactor: Any, config: Mapping[str, Any]) -> Any:
         lost_job_seconds=float(config["lostJobSeconds"]),
         sacct_completion=config["sacctCompletion"],
         max_parallel_submits=config["maxParallelSubmits"],
+        **_secrets(config),
     )
 
 
@@ -235,6 +262,11 @@ EXECUTORS: dict[str, Component] = {
             "threads": Setting(10, positive_integer),
             "maxOutputBytes": Setting(16 * MiB, positive_integer),
             "killGraceSeconds": Setting(5, positive_number),
+            # The modes of daggy.executors._isolation; not imported here, so that config
+            # validation does not import the executors.
+            "isolation": Setting("auto", one_of("auto", "cgroup", "subreaper", "session")),
+            # A JSON/YAML object of secret values for jobs' secretEnvironment; read at start.
+            "secretsFile": Setting(None, optional_non_empty_string),
         },
         build=_build_forking_executor,
     ),
@@ -258,6 +290,7 @@ EXECUTORS: dict[str, Component] = {
             "lostJobSeconds": Setting(600, bounded_number(30 * 86400)),
             "sacctCompletion": Setting(False, boolean),
             "maxParallelSubmits": Setting(8, positive_integer),
+            "secretsFile": Setting(None, optional_non_empty_string),
         },
         build=_build_slurm_executor,
     ),

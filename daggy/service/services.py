@@ -26,6 +26,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, s
 from twisted.logger import Logger
 
 from daggy.service.config import ConfigError, DaemonConfig
+from daggy.service.signals import install_sighup
 from daggy.service.registry import DEFAULT_REGISTRY, Component, Registry
 
 
@@ -55,9 +56,18 @@ class DaggyService(MultiService):
 
     log = Logger()
 
+    def __init__(self, reactor: Any = None):
+        super().__init__()
+        self._reactor = reactor
+        self._uninstall_sighup: Any = lambda: None
+
     def startService(self) -> None:
         tune_garbage_collector()
         super().startService()
+        if self._reactor is not None:
+            # SIGHUP (logrotate) reopens the OStreamLogger's file instead of killing daggyd.
+            self._uninstall_sighup = install_sighup(
+                self._reactor, self.getServiceNamed("logger").reopen)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -69,6 +79,9 @@ class DaggyService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 self.log.failure("Stopping the {name} service failed", name=child.name)
+        # Only now: restoring SIGHUP's default earlier would let one end the process while
+        # the runner still records.
+        self._uninstall_sighup()
 
 
 class LoggerService(Service):
@@ -85,6 +98,12 @@ class LoggerService(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.logger.start()
+
+    def reopen(self) -> None:
+        """Reopen the logger's file, for loggers that write one (not the RedisLogger)."""
+        reopen = getattr(self.logger, "reopen", None)
+        if reopen is not None:
+            reopen()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -221,11 +240,16 @@ def build_service(
     reactor.suggestThreadPoolSize(config.web_threads)
     logger = _build_component(config, "logger", registry.loggers, reactor)
     executor = _build_component(config, "executor", registry.executors, reactor)
-    runner = RunManager(reactor, executor, logger, max_active_runs=config.dag_threads)
-    site = make_site(DaggyAPI(runner, logger, reactor), config.max_request_bytes,
-                     auth_tokens=config.auth_tokens)
+    runner = RunManager(reactor, executor, logger, max_active_runs=config.dag_threads,
+                        limits=config.run_limits)
+    api = DaggyAPI(runner, logger, reactor, executor_name=config.executor.name)
+    site = make_site(api, config.max_request_bytes,
+                     auth_tokens=config.auth_tokens,
+                     timeout=config.idle_timeout_seconds,
+                     request_timeout=config.request_timeout_seconds,
+                     max_connections=config.max_connections)
 
-    daemon = DaggyService()
+    daemon = DaggyService(reactor)
     LoggerService(logger).setServiceParent(daemon)
     RunnerService(runner, logger).setServiceParent(daemon)
     # Added last so that it is the first to stop: no new requests while the runner drains.

@@ -8,14 +8,13 @@ validates ``job`` objects and names the fields where ``{{NAME}}`` placeholders e
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Container, Iterable, Protocol
 
 from daggy.errors import SpecInvalid
 from daggy.limits import RunLimits
-from daggy.model import TaskDef
+from daggy.model import TaskDef, is_finite_number
 from daggy.spec.expand import (
     PARAMETER_NAME,
     expand_job,
@@ -65,16 +64,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    """A finite int or float that fits a float (the reactor's clock is a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # JSON allows integers beyond float range
-        return False
-
-
 def _unknown_key(path: str, key: Any, allowed: Iterable[str], what: str) -> str:
     allowed = list(allowed)
     key = str(key)
@@ -100,7 +89,8 @@ def _parse_parameters(doc: dict[str, Any], errors: list[str]) -> tuple[dict[str,
     parameters: dict[str, Any] = {}
     for name, value in raw.items():
         path = f"{key}.{name}"
-        if not isinstance(name, str) or not PARAMETER_NAME.match(name):
+        # fullmatch: with match, the pattern's "$" would also match before a final newline.
+        if not isinstance(name, str) or not PARAMETER_NAME.fullmatch(name):
             errors.append(f"{path}: parameter names must match {PARAMETER_NAME.pattern}")
             continue
         if isinstance(value, str):
@@ -215,7 +205,7 @@ def _parse_task(name: Any, task: Any, path: str, executor: JobFormat,
     if not _is_int(max_retries) or max_retries < 0:
         errors.append(f"{path}.maxRetries: must be an integer >= 0")
     interval = task.get("retryIntervalSeconds", 0)
-    if not _is_number(interval) or interval < 0:
+    if not is_finite_number(interval) or interval < 0:
         errors.append(f"{path}.retryIntervalSeconds: must be a number >= 0")
     is_generator = task.get("isGenerator", False)
     if not isinstance(is_generator, bool):

@@ -16,7 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -489,7 +489,10 @@ def test_non_utf8_task_name_is_400(harness):
     ("POST", "/v1/dagrun/0", "DELETE, GET, HEAD"),
     ("PUT", "/v1/dagrun/0/state", "GET, HEAD"),
     ("GET", "/v1/dagrun/0/state/QUEUED", "PATCH"),
-    ("DELETE", "/v1/dagrun/0/task/a", "GET, HEAD, PATCH"),
+    ("DELETE", "/v1/dagrun/0/task/a", "GET, HEAD"),
+    ("PUT", "/v1/dagrun/0/task/a/state/", "GET, HEAD"),
+    ("DELETE", "/v1/dagrun/0/task/a/state/QUEUED", "PATCH"),
+    ("OPTIONS", "/v1/dagrun/0/task/a%2Fb/state/killed", "PATCH"),
     ("PATCH", "/v1/dagrun/0/task/a", "GET, HEAD"),
     ("PATCH", "/v1/dagrun/0/task/a/state", "GET, HEAD"),
     ("GET", "/v1/dagrun/0/task/a/state/QUEUED", "PATCH"),
@@ -504,6 +507,25 @@ def test_wrong_verb_is_405_with_allow(harness, method, path, allowed):
     allow = response.headers.getRawHeaders("allow")[0]
     assert sorted(allow.split(", ")) == sorted(allowed.split(", "))
     assert json.loads(body)["error"].startswith(f"method {method} not allowed on ")
+
+
+@pytest.mark.parametrize("suffix", ["", "/state", "/task/a", "/task/a/state"])
+def test_run_id_of_thousands_of_digits_is_404(harness, suffix):
+    """A run ID too long for int() (or any run counter) is an unknown run, shown shortened,
+    on the state fast path and through Klein alike."""
+    harness.add_run()
+    answer = harness.json("GET", "/v1/dagrun/" + "9" * 5000 + suffix, expect=404)
+    assert answer == {"error": f"no such run: {'9' * 40}... (5000 characters)"}
+    for method, path in [("DELETE", ""), ("PATCH", "/state/KILLED")]:
+        harness.json(method, "/v1/dagrun/" + "9" * 20 + path, expect=404)
+
+
+def test_run_id_with_leading_zeros_names_the_run(harness):
+    """Leading zeros do not count, however many there are: 000...01 is run 1."""
+    harness.add_run()
+    harness.add_run()
+    answer = harness.json("GET", "/v1/dagrun/" + "0" * 5000 + "1/state")
+    assert answer["runID"] == 1
 
 
 def test_get_validate_reads_as_a_run_id(harness):
@@ -521,6 +543,17 @@ def test_unknown_route_is_404_json(harness, path):
     harness.add_run()
     answer = harness.json("GET", path, expect=404)
     assert answer == {"error": f"no such endpoint: GET {path}"}
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "PUT"])
+def test_unknown_task_subpath_is_404_for_every_method(harness, method):
+    """A path below a task that no route serves is a 404 whatever the method, not a 405
+    advertising the methods of other task paths."""
+    harness.add_run()
+    response, body = harness.request(method, "/v1/dagrun/0/task/a/logs")
+    assert response.code == 404
+    assert response.headers.getRawHeaders("allow") is None
+    assert json.loads(body) == {"error": f"no such endpoint: {method} /v1/dagrun/0/task/a/logs"}
 
 
 @pytest.mark.parametrize("method, path, data", [
@@ -631,6 +664,17 @@ def test_body_at_the_limit_is_served(site_harness, chunk_size):
     connection.close()
 
 
+@pytest.mark.parametrize("host", [b"h" * 64, b"a..b", b".", "\u00e9".encode() * 100])
+def test_host_that_is_not_a_host_name_is_400_json(site_harness, host):
+    """A Host header werkzeug cannot IDNA-encode is a 400 JSON answer, not a 500."""
+    connection = Connection(site_harness.site)
+    [(code, headers, answer)] = connection.send(
+        b"GET /v1/dagruns HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert (code, headers["content-type"]) == (400, "application/json")
+    assert json.loads(answer) == {"error": "Host header: not a valid host name"}
+    connection.close()
+
+
 @pytest.mark.parametrize("chunk_size", [None, 7, 1000])
 def test_body_over_the_limit_is_413(site_harness, chunk_size):
     """A body one byte over the limit is a 413 JSON answer and never reaches the runner;
@@ -673,8 +717,8 @@ def test_idle_connection_times_out(site_harness):
     connection.close()
 
 
-def test_requests_are_logged_at_debug_only(site_harness):
-    """The Site logs each request at debug level and nothing at info or above."""
+def test_requests_write_no_log_events(site_harness):
+    """Answering requests (found or not) writes nothing to the daemon's log."""
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -686,10 +730,70 @@ def test_requests_are_logged_at_debug_only(site_harness):
         site_harness.site.stopFactory()
     finally:
         globalLogPublisher.removeObserver(events.append)
-    access = [e for e in events if e.get("log_namespace", "").endswith("DaggySite")]
-    assert [(e["log_level"], e["method"], e["uri"], e["code"]) for e in access] == [
-        (LogLevel.debug, "GET", "/ready", 200), (LogLevel.debug, "GET", "/nope", 404)]
-    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+    assert events == []
+
+
+def test_a_request_trickling_in_is_answered_408_and_closed(site_harness):
+    """A client that keeps sending header bytes (so the idle timeout never fires) but does
+    not finish its request within request_timeout gets a 408 JSON answer and is cut off."""
+    site = make_site(site_harness.api, max_request_bytes=64, reactor=site_harness.clock,
+                     request_timeout=10)
+    site.startFactory()
+    connection = Connection(site)
+    connection.send(b"GET /ready HTTP/1.1\r\n")
+    for _ in range(12):
+        site_harness.clock.advance(1)
+        if connection.transport.disconnecting:
+            break
+        connection.send(b"X-Slow: 1\r\n")
+    assert site_harness.clock.seconds() >= 10
+    answer = connection.transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "request not received within 10 seconds"}
+    assert connection.transport.disconnecting
+    connection.close()
+    site.stopFactory()
+
+
+def test_a_request_received_in_time_is_not_cut_off(site_harness):
+    """Finished requests leave the deadline sweep: a keep-alive connection lives on."""
+    site = make_site(site_harness.api, max_request_bytes=64, reactor=site_harness.clock,
+                     request_timeout=10)
+    site.startFactory()
+    connection = Connection(site)
+    [(status, _, _)] = connection.send(b"GET /ready HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    site_harness.clock.advance(20)
+    assert status == 200
+    assert connection.transport.value() == b""
+    assert not connection.transport.disconnecting
+    connection.close()
+    site.stopFactory()
+
+
+def test_a_request_for_star_is_answered_in_json(site_harness):
+    """`GET *` gets a JSON 405 naming OPTIONS, the one method `*` takes."""
+    connection = Connection(site_harness.site)
+    [(status, headers, body)] = connection.send(b"GET * HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    assert status == 405
+    assert json.loads(body) == {"error": "method GET not allowed on *; allowed: OPTIONS"}
+    [(status, _, _)] = connection.send(b"OPTIONS * HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    assert status == 200
+    connection.close()
+
+
+def test_connections_beyond_the_cap_are_refused(site_harness):
+    """With max_connections open, the next connection gets no protocol (the port closes
+    it); once one closes, connections are accepted again."""
+    site = make_site(site_harness.api, max_request_bytes=64, reactor=site_harness.clock,
+                     max_connections=2)
+    first = site.buildProtocol(None)
+    second = site.buildProtocol(None)
+    assert first is not None and second is not None
+    assert site.buildProtocol(None) is None
+    first.makeConnection(StringTransport())
+    first.connectionLost(Failure(ConnectionDone()))
+    assert site.buildProtocol(None) is not None
 
 
 def test_make_site_rejects_negative_limit(harness):

@@ -24,6 +24,7 @@ from daggy.service.config import (
     load_config,
     validate_config,
 )
+from daggy.limits import RunLimits
 from daggy.service.listen import parse_listen
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -40,7 +41,8 @@ DEFAULTS = DaemonConfig(
     max_request_bytes=64 * MiB,
     logger=ComponentChoice("OStreamLogger", {"file": "-"}),
     executor=ComponentChoice(
-        "ForkingTaskExecutor", {"threads": 10, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5}
+        "ForkingTaskExecutor", {"threads": 10, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5,
+                                "isolation": "auto", "secretsFile": None}
     ),
 )
 
@@ -95,6 +97,34 @@ def daemon_config_files() -> list[Path]:
 # -- defaults and formats ----------------------------------------------------------------
 
 
+def test_limits_are_read_into_run_limits_and_site_settings():
+    """Every limit key reaches the RunLimits and the HTTP settings the daemon is built from."""
+    config = validate_config({
+        "max-tasks-per-run": 10, "max-job-depth": 4, "max-queued-runs": 3,
+        "max-generated-tasks": 5, "max-generator-output-bytes": 1000,
+        "max-connections": 7, "request-timeout-seconds": 2.5, "idle-timeout-seconds": 9},
+        "limits.json")
+    assert config.run_limits == RunLimits(
+        max_tasks_per_run=10, max_job_depth=4, max_queued_runs=3, max_generated_tasks=5,
+        max_generator_output_bytes=1000)
+    assert (config.max_connections, config.request_timeout_seconds,
+            config.idle_timeout_seconds) == (7, 2.5, 9)
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("max-tasks-per-run", 0, "must be an integer >= 1 (got 0)"),
+    ("max-job-depth", 1, "must be an integer from 2 to 256 (got 1)"),
+    ("max-queued-runs", "many", 'must be an integer >= 1 (got "many")'),
+    ("request-timeout-seconds", 0, "must be a number > 0 and <= 3600 (got 0)"),
+    ("max-connections", True, "must be an integer >= 1 (got true)"),
+])
+def test_bad_limits_are_one_line_errors(key, value, problem):
+    """A bad limit is reported with its key."""
+    with pytest.raises(ConfigError) as caught:
+        validate_config({key: value}, "limits.json")
+    assert caught.value.problems == [f"{key}: {problem}"]
+
+
 def test_defaults():
     """Without a file the daemon listens on 127.0.0.1:2503 with the forking executor and the
     stdout logger, with every documented default."""
@@ -140,7 +170,8 @@ def test_json_file(tmp_path):
         max_request_bytes=1024,
         logger=ComponentChoice("OStreamLogger", {"file": "/tmp/events"}),
         executor=ComponentChoice(
-            "ForkingTaskExecutor", {"threads": 4, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5}
+            "ForkingTaskExecutor", {"threads": 4, "maxOutputBytes": 16 * MiB, "killGraceSeconds": 5,
+                                   "isolation": "auto", "secretsFile": None}
         ),
         auth_tokens=(TOKEN,),
     )
@@ -339,9 +370,11 @@ def test_top_level_must_be_an_object(tmp_path, text, got):
 # -- validation errors -------------------------------------------------------------------
 
 FORKING = "ForkingTaskExecutor"
-TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, executor, ip, "
-            "listen, logger, max-request-bytes, port, web-threads")
-FORKING_KEYS = "killGraceSeconds, maxOutputBytes, threads"
+TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, executor, "
+            "idle-timeout-seconds, ip, listen, logger, max-connections, max-generated-tasks, "
+            "max-generator-output-bytes, max-job-depth, max-queued-runs, max-request-bytes, "
+            "max-tasks-per-run, port, request-timeout-seconds, web-threads")
+FORKING_KEYS = "isolation, killGraceSeconds, maxOutputBytes, secretsFile, threads"
 ADDRESS = 'must be an IPv4 or IPv6 address or "localhost"'
 PORT = "must be an integer from 1 to 65535"
 COMPONENT = 'must be an object with "name" and optional "config"'
@@ -879,3 +912,128 @@ def test_listening_problems_are_reported_with_the_others(tmp_path):
         "in tcp:2503:interface=127.0.0.1)",
         f"auth-token-file: cannot read {tmp_path / 'nope'}: No such file or directory",
     ]
+
+
+# -- executor secretsFile (secretEnvironment values) -------------------------------------
+
+SECRET_VALUE = "pa55-word-never-shown"
+
+
+def build_executor(name: str, config_overrides: dict):
+    """Build an executor the way the daemon does, from its validated config object."""
+    from daggy.service.registry import EXECUTORS
+    from daggy.testing import FakeProcessReactor
+
+    component = EXECUTORS[name]
+    return component.build(FakeProcessReactor(), {**component.defaults(), **config_overrides})
+
+
+def secrets_error(name: str, path: Path) -> str:
+    with pytest.raises(ValueError) as raised:
+        build_executor(name, {"secretsFile": str(path)})
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("executor", ["ForkingTaskExecutor", "SlurmTaskExecutor"])
+def test_secrets_file_defaults_to_null_and_must_be_a_path(tmp_path, executor):
+    """secretsFile is null by default for both executors; anything but a non-empty string
+    or null is a one-line error naming the key."""
+    from daggy.service.registry import EXECUTORS
+
+    assert EXECUTORS[executor].defaults()["secretsFile"] is None
+    error = config_error(tmp_path, {"executor": {"name": executor,
+                                                 "config": {"secretsFile": 3}}})
+    assert error.problems == [
+        "executor.config.secretsFile: must be a non-empty string or null (got 3)"]
+
+
+@pytest.mark.parametrize("executor", ["ForkingTaskExecutor", "SlurmTaskExecutor"])
+@pytest.mark.parametrize("name, text", [
+    ("secrets.yaml", f"DB_PASSWORD: {SECRET_VALUE}\n# a comment\nAPI_KEY: 'k'\n"),
+    ("secrets.json", json.dumps({"DB_PASSWORD": SECRET_VALUE, "API_KEY": "k"})),
+    ("secrets", json.dumps({"DB_PASSWORD": SECRET_VALUE, "API_KEY": "k"})),
+])
+def test_a_secrets_file_gives_the_executor_its_secrets(tmp_path, executor, name, text):
+    """A JSON or YAML object of name -> string makes those names valid in a job's
+    secretEnvironment, and only those."""
+    path = write(tmp_path, name, text)
+    built = build_executor(executor, {"secretsFile": str(path)})
+    job = {"command": ["true"], "secretEnvironment": ["DB_PASSWORD", "API_KEY"]}
+    assert built.validate_job(job, "tasks.a.job") == []
+    [error] = built.validate_job({"command": ["true"], "secretEnvironment": ["OTHER_NAME"]},
+                                 "tasks.a.job")
+    assert error.startswith(f"tasks.a.job.secretEnvironment[0]: no secret named 'OTHER_NAME' "
+                            f"(it is neither in the executor's secretsFile {path}")
+    assert SECRET_VALUE not in repr(built._secrets)
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("s.yaml", f"DB_PASSWORD: [{SECRET_VALUE}\n", "invalid YAML at line 2 column 1"),
+    ("s.yaml", f"A: {SECRET_VALUE}: x\n", "invalid YAML at line 1 column"),
+    ("s.json", f'{{"A": "{SECRET_VALUE}",}}', "invalid JSON at line 1 column"),
+    ("s.yaml", f"- {SECRET_VALUE}\n", "must be an object mapping variable names to strings "
+                                      "(got an array)"),
+    ("s.yaml", "DB_PASSWORD: 12345\n", "DB_PASSWORD: must be a string (got a number)"),
+    ("s.yaml", f"A: x\n{SECRET_VALUE}: x\n", "name number 2 is not an environment variable "
+                                              "name"),
+    ("s.yaml", f"A: {SECRET_VALUE}\nA: other\n", "'A' is given twice"),
+    ("s.json", json.dumps({"A": SECRET_VALUE + "\0"}), "A: must not contain NUL characters"),
+])
+def test_a_bad_secrets_file_is_one_line_naming_the_file_never_a_value(
+        tmp_path, name, content, problem):
+    """A secrets file that does not parse, or is not an object of strings under valid
+    names, stops the executor with one line naming the file and the problem, without any
+    part of the file's text."""
+    path = write(tmp_path, name, content)
+    message = secrets_error("ForkingTaskExecutor", path)
+    assert message.startswith(f"secretsFile: {path}: {problem}"), message
+    assert "\n" not in message
+    assert SECRET_VALUE not in message and "12345" not in message
+
+
+def test_a_missing_or_unreadable_secrets_file_names_the_file(tmp_path):
+    """A secrets file that cannot be read is an error naming it."""
+    missing = tmp_path / "nope.yaml"
+    assert secrets_error("SlurmTaskExecutor", missing) == (
+        f"secretsFile: cannot read {missing}: No such file or directory")
+    assert secrets_error("ForkingTaskExecutor", tmp_path) == (
+        f"secretsFile: cannot read {tmp_path}: Is a directory")
+    binary = tmp_path / "s.yaml"
+    binary.write_bytes(b"A: \xff\n")
+    assert secrets_error("ForkingTaskExecutor", binary) == (
+        f"secretsFile: {binary}: not UTF-8 text (bad byte at offset 3)")
+
+
+def test_a_bad_secrets_file_stops_the_daemon_with_one_config_line(tmp_path):
+    """Building the daemon with a bad secretsFile gives the one-line config error of
+    every component that cannot start."""
+    from daggy.service.services import _build_component
+    from daggy.service.registry import EXECUTORS
+    from daggy.testing import FakeProcessReactor
+
+    path = write(tmp_path, "s.yaml", f"- {SECRET_VALUE}\n")
+    config = load_config(write(tmp_path, "d.json", json.dumps(
+        {"executor": {"name": "ForkingTaskExecutor", "config": {"secretsFile": str(path)}}})))
+    with pytest.raises(ConfigError) as raised:
+        _build_component(config, "executor", EXECUTORS, FakeProcessReactor())
+    assert str(raised.value) == (
+        f"{tmp_path / 'd.json'}: executor: cannot start ForkingTaskExecutor: secretsFile: "
+        f"{path}: must be an object mapping variable names to strings (got an array)")
+
+
+def test_a_secrets_file_readable_by_others_is_warned_about(tmp_path):
+    """A secrets file other users may read is accepted with one warning saying so."""
+    from twisted.logger import globalLogPublisher
+
+    path = write(tmp_path, "s.yaml", "A: b\n")
+    os.chmod(path, 0o644)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        build_executor("ForkingTaskExecutor", {"secretsFile": str(path)})
+        os.chmod(path, 0o600)
+        build_executor("ForkingTaskExecutor", {"secretsFile": str(path)})
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    warnings = [event for event in seen if "secretsFile" in event.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["mode"] == 0o644

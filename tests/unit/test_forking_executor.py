@@ -112,7 +112,7 @@ def test_unknown_field_is_an_error():
     """A misspelt or unknown job field is rejected, listing the allowed ones."""
     assert validate({"command": ["true"], "colour": "red"}) == [
         "tasks.pull.job.colour: unknown job field"
-        " (allowed: command, environment, timeoutSeconds, workDir)"
+        " (allowed: command, environment, secretEnvironment, timeoutSeconds, workDir)"
     ]
 
 
@@ -949,3 +949,108 @@ def test_no_cgroup_v2_is_reported_as_unavailable(tmp_path, cgroup_lines, mounts,
     (tmp_path / "self" / "mountinfo").write_text(mounts)
     with pytest.raises(IsolationUnavailable, match=why):
         own_cgroup_dir(str(tmp_path))
+
+
+# Secrets (secretEnvironment)
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def secret_executor(reactor, **kwargs):
+    kwargs.setdefault("secrets", {"DB_PASSWORD": SECRET})
+    kwargs.setdefault("secrets_source", "/etc/daggyd/secrets.yaml")
+    return make_executor(reactor, environ={**ENVIRON, "FROM_DAEMON": "daemon-value"}, **kwargs)
+
+
+def test_secret_values_reach_only_the_spawned_environment(reactor):
+    """Names in secretEnvironment get their values from the secrets file (else daggyd's
+    environment) in the task's environment, and nowhere in the argv."""
+    executor = secret_executor(reactor)
+    job = {"command": ["true"], "secretEnvironment": ["DB_PASSWORD", "FROM_DAEMON"]}
+    assert executor.validate_job(job, JOB_PATH) == []
+    executor.start(1, "pull", job)
+    process = reactor.last_process
+    assert process.env["DB_PASSWORD"] == SECRET
+    assert process.env["FROM_DAEMON"] == "daemon-value"
+    assert not any(SECRET in arg for arg in process.args)
+    process.exit(0)
+
+
+def test_secrets_are_given_only_to_jobs_that_name_them(reactor):
+    """A secret from the file is not in the environment of a job that does not list it."""
+    executor = secret_executor(reactor)
+    executor.start(1, "pull", {"command": ["true"]})
+    assert "DB_PASSWORD" not in reactor.last_process.env
+    reactor.last_process.exit(0)
+
+
+def test_the_secrets_file_wins_over_the_daemon_environment(reactor):
+    """A name in both the file and daggyd's environment gets the file's value."""
+    executor = secret_executor(reactor, secrets={"FROM_DAEMON": SECRET})
+    executor.start(1, "pull", {"command": ["true"], "secretEnvironment": ["FROM_DAEMON"]})
+    assert reactor.last_process.env["FROM_DAEMON"] == SECRET
+    reactor.last_process.exit(0)
+
+
+@pytest.mark.parametrize("names, problem", [
+    ("DB_PASSWORD", "tasks.pull.job.secretEnvironment: must be a list of environment"),
+    ([3], "tasks.pull.job.secretEnvironment[0]: must be a string"),
+    (["{{NAME}}"], "tasks.pull.job.secretEnvironment[0]: placeholders are not allowed"),
+    (["A=B"], "tasks.pull.job.secretEnvironment[0]: must be an environment variable name"),
+    (["1A"], "tasks.pull.job.secretEnvironment[0]: must be an environment variable name"),
+    ([""], "tasks.pull.job.secretEnvironment[0]: must be an environment variable name"),
+    (["DB_PASSWORD", "DB_PASSWORD"], "tasks.pull.job.secretEnvironment[1]: 'DB_PASSWORD' is "
+                                     "listed twice"),
+    (["NOPE"], "tasks.pull.job.secretEnvironment[0]: no secret named 'NOPE' (it is neither "
+               "in the executor's secretsFile /etc/daggyd/secrets.yaml nor in daggyd's "
+               "environment)"),
+])
+def test_bad_secret_names_are_refused_naming_the_entry(reactor, names, problem):
+    """secretEnvironment must list valid, distinct names the daemon has a secret for."""
+    executor = secret_executor(reactor)
+    errors = executor.validate_job({"command": ["true"], "secretEnvironment": names}, JOB_PATH)
+    assert len(errors) == 1 and errors[0].startswith(problem), errors
+
+
+def test_a_secret_name_also_in_environment_is_refused(reactor):
+    """A variable comes from the spec or from the daemon, not both."""
+    executor = secret_executor(reactor)
+    job = {"command": ["true"], "environment": {"DB_PASSWORD": "x"},
+           "secretEnvironment": ["DB_PASSWORD"]}
+    [error] = executor.validate_job(job, JOB_PATH)
+    assert error.startswith("tasks.pull.job.secretEnvironment[0]: 'DB_PASSWORD' is also set "
+                            "in environment")
+
+
+def test_secret_environment_is_not_templatable(reactor):
+    """Placeholders never expand in secretEnvironment: it is not a templatable field."""
+    assert "secretEnvironment" not in ForkingTaskExecutor.templatable_fields
+
+
+def test_without_a_secrets_file_the_error_says_none_is_configured(reactor):
+    """With no secretsFile the missing-secret message says so."""
+    executor = make_executor(reactor)
+    [error] = executor.validate_job({"command": ["true"], "secretEnvironment": ["NOPE"]},
+                                    JOB_PATH)
+    assert "secretsFile (none is configured)" in error
+
+
+def test_a_secret_missing_at_start_is_a_failed_attempt_without_the_values(reactor):
+    """A job naming a secret this daemon lacks (a run recovered by a daemon configured
+    differently) gives a failed attempt naming the secret, and nothing is spawned."""
+    attempt_executor = secret_executor(reactor)
+    execution = attempt_executor.start(
+        1, "pull", {"command": ["true"], "secretEnvironment": ["DB_PASSWORD", "GONE"]})
+    assert reactor.processes == []
+    attempt = result_of(execution.result)
+    assert (attempt.rc, attempt.succeeded) == (None, False)
+    assert attempt.executor_log.startswith(
+        "spawn failed: secretEnvironment: no secret named 'GONE'")
+    assert SECRET not in json.dumps(attempt.to_json())
+
+
+def test_the_executor_repr_shows_no_secret_value(reactor):
+    """Neither the executor nor its secret store show a value in their repr."""
+    executor = secret_executor(reactor)
+    assert SECRET not in repr(executor) + repr(executor._secrets)
+    assert "1 from /etc/daggyd/secrets.yaml" in repr(executor._secrets)

@@ -6,6 +6,7 @@ The RunLogger behaviour it shares with MemoryStore is covered by test_logger_con
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from daggy.loggers import ostream
 from daggy.loggers.ostream import OStreamLogger
@@ -281,9 +282,11 @@ def test_close_closes_the_event_file(clock, events_path):
 
 # -- failures -----------------------------------------------------------------------------
 
-def test_a_write_error_is_logged_once_and_the_record_stays_readable(
-        clock, pipe, log_events, no_logged_errors):
-    """EPIPE is logged once as a failure; later events are not written but still recorded."""
+def test_epipe_on_stdout_is_logged_once_and_the_record_stays_readable(
+        clock, pipe, log_events):
+    """EPIPE (the reader of standard output left) is one error naming the stream and errno,
+    not a raised exception; later events are still recorded, and close reports the lines
+    that were never written."""
     read_fd, write_fd = pipe
     os.close(read_fd)
     logger = OStreamLogger(clock, "-", stdout_fd=write_fd)
@@ -291,16 +294,289 @@ def test_a_write_error_is_logged_once_and_the_record_stays_readable(
     assert fired(logger.flush()) is None
     logger.add_tasks(run_id, [task("a")], T0)
     logger.record_task_state(run_id, "a", State.RUNNING, T0 + 1)
-    clock.advance(0)
+    clock.advance(ostream.RETRY_SECONDS)
     assert fired(logger.flush()) is None
 
-    failures = [e for e in log_events if e.get("log_failure") is not None]
-    assert len(failures) == 1
-    assert isinstance(failures[0]["log_failure"].value, BrokenPipeError)
+    [error] = errors_in(log_events)
+    assert "standard output" in formatEvent(error)
+    assert "Broken pipe (EPIPE)" in formatEvent(error)
+    assert logger.write_error == "Broken pipe (EPIPE)"
     assert fired(logger.get_task_state(run_id, "a"))["state"] == "RUNNING"
     assert fired(logger.close()) is None
-    assert len(no_logged_errors) == 1
-    no_logged_errors.clear()
+    [_, at_close] = errors_in(log_events)
+    assert "3 run event lines were never written" in formatEvent(at_close)
+    assert clock.getDelayedCalls() == []
+
+
+class FlakyDisk:
+    """An ``os.write`` stand-in for a disk that fills up: while ``room`` is 0 every write
+    fails with ``error``; otherwise it takes at most ``room`` bytes (a short write) when
+    ``room`` is set, everything when it is None.  What it took is in ``data``."""
+
+    def __init__(self, error: int = errno.ENOSPC):
+        self.error = error
+        self.room: int | None = None
+        self.data = bytearray()
+        self.calls = 0
+
+    def __call__(self, fd: int, chunk) -> int:
+        self.calls += 1
+        if self.room == 0:
+            raise OSError(self.error, os.strerror(self.error))
+        taken = bytes(chunk) if self.room is None else bytes(chunk[:self.room])
+        if self.room is not None:
+            self.room -= len(taken)
+        self.data += taken
+        return len(taken)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in bytes(self.data).splitlines()]
+
+
+def errors_in(log_events) -> list[dict[str, Any]]:
+    return [e for e in log_events if e["log_level"].name == "error"]
+
+
+def retry_delays(clock) -> list[float]:
+    return [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()]
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EBADF, errno.EPIPE])
+def test_a_failing_disk_is_one_error_then_retried_with_backoff_until_it_recovers(
+        clock, events_path, log_events, error):
+    """A write error is logged once (errno text and file), never raised; the lines stay
+    queued and are retried after 0.1 s, 0.2 s, ... at most 5 s apart; flush() does not wait
+    for the failing file; once the disk takes them every line is written, in order, once,
+    and the recovery is logged with no line lost."""
+    disk = FlakyDisk(error)
+    disk.room = 0
+    logger = OStreamLogger(clock, str(events_path), write=disk)
+    run_id = play_small_run(logger)
+    assert fired(logger.flush()) is None  # at once, although nothing was written
+
+    [logged] = errors_in(log_events)
+    text = formatEvent(logged)
+    assert str(events_path) in text and os.strerror(error) in text
+    assert errno.errorcode[error] in text
+    delays = []
+    for _ in range(9):
+        delays += retry_delays(clock)
+        clock.advance(delays[-1])
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert len(errors_in(log_events)) == 1
+    assert disk.data == b""
+    assert fired(logger.get_run_state(run_id))["taskCounts"]["COMPLETED"] == 1
+
+    disk.room = None
+    clock.advance(retry_delays(clock)[0])
+    assert [e["event"] for e in disk.events()] == [
+        "runCreated", "taskAdded", "taskAdded", "runState", "taskState", "taskAttempt",
+        "taskState"]
+    [recovery] = [e for e in log_events if "again" in e["log_format"]]
+    assert "0 event lines were lost" in formatEvent(recovery)
+    assert logger.write_error is None
+    logger.record_run_state(run_id, State.COMPLETED, T0 + 3)
+    clock.advance(0)
+    assert disk.events()[-1]["event"] == "runState"
+    assert fired(logger.close()) is None
+
+
+def test_a_short_write_before_the_disk_fills_loses_and_repeats_nothing(
+        clock, events_path, log_events):
+    """A disk that takes part of a line and then fails gets the rest of that line once it
+    has room again: the file holds every line exactly once."""
+    disk = FlakyDisk()
+    logger = OStreamLogger(clock, str(events_path), write=disk)
+    run_id = fired(logger.create_run(None, {}, T0))
+    logger.add_tasks(run_id, [task(f"t{i}") for i in range(5)], T0)
+    disk.room = 150  # ends inside the second line, then the disk is full
+    clock.advance(0)
+    assert len(errors_in(log_events)) == 1
+    assert not disk.data.endswith(b"\n")
+    disk.room = None
+    clock.advance(ostream.RETRY_SECONDS)
+    assert [e.get("task") for e in disk.events()] == [None, "t0", "t1", "t2", "t3", "t4"]
+    fired(logger.close())
+
+
+def test_lines_beyond_the_backlog_while_failing_are_counted_and_reported(
+        clock, events_path, log_events):
+    """While writing fails the backlog stays bounded: lines beyond it are dropped (one
+    warning), the first ones are kept and written on recovery, and the recovery message
+    counts the lines lost."""
+    disk = FlakyDisk()
+    disk.room = 0
+    logger = OStreamLogger(clock, str(events_path), write=disk, max_backlog_bytes=2000)
+    run_id = fired(logger.create_run(None, {}, T0))
+    clock.advance(0)
+    logger.add_tasks(run_id, [task(f"t{i}") for i in range(40)], T0)
+    clock.advance(0)
+    warnings = [e for e in log_events if e["log_level"].name == "warn"]
+    assert len(warnings) == 1 and "dropped" in warnings[0]["log_format"]
+    disk.room = None
+    clock.advance(ostream.RETRY_SECONDS)
+    kept = disk.events()
+    assert [e.get("task") for e in kept] == [None] + [f"t{i}" for i in range(len(kept) - 1)]
+    assert len(kept) < 41
+    [recovery] = [e for e in log_events if "again" in e["log_format"]]
+    assert f"{41 - len(kept)} event lines were lost" in formatEvent(recovery)
+    assert len(errors_in(log_events)) == 1
+    fired(logger.close())
+
+
+def test_close_while_failing_discards_at_once_and_says_how_many_lines(
+        clock, events_path, log_events):
+    """close() does not wait for a failing file: it fires at once, leaves no timer and
+    logs how many lines were never written."""
+    disk = FlakyDisk()
+    disk.room = 0
+    logger = OStreamLogger(clock, str(events_path), write=disk)
+    play_small_run(logger)
+    clock.advance(0)
+    assert fired(logger.close()) is None
+    assert clock.getDelayedCalls() == []
+    assert "7 run event lines were never written" in formatEvent(errors_in(log_events)[-1])
+
+
+def test_a_real_dev_full_never_raises_and_keeps_the_record(clock, log_events):
+    """Writing events to /dev/full (every write is ENOSPC) logs one error and the record
+    the API serves is complete."""
+    logger = OStreamLogger(clock, "/dev/full")
+    run_id = play_small_run(logger)
+    clock.advance(0)
+    fired(logger.flush())
+    clock.advance(ostream.RETRY_SECONDS)
+    [logged] = errors_in(log_events)
+    assert "/dev/full" in formatEvent(logged) and "ENOSPC" in formatEvent(logged)
+    assert fired(logger.get_task(run_id, "a"))["attempts"][0]["outputLog"] == "line 1\nline 2\n"
+    fired(logger.close())
+
+
+def test_the_runner_never_sees_a_write_error_even_on_the_immediate_path(
+        clock, events_path, log_events):
+    """Past MAX_BYTES_PER_TURN a regular file is written inside the event call; a failure
+    there is still only logged, and it is not tried again on every later line."""
+    disk = FlakyDisk()
+    disk.room = 0
+    logger = OStreamLogger(clock, str(events_path), write=disk)
+    run_id = fired(logger.create_run(None, {}, T0))
+    big = "x" * 4096
+    logger.add_tasks(run_id, [TaskDef(name=f"t{i}", defined_name="t",
+                                      job={"command": ["echo", big]}) for i in range(600)], T0)
+    assert disk.calls == 1
+    assert len(errors_in(log_events)) == 1
+    disk.room = None
+    fired(logger.close())
+    assert len(disk.events()) == 601
+
+
+# -- reopen (SIGHUP, logrotate) -----------------------------------------------------------
+
+def test_reopen_after_a_rename_starts_a_new_file_losing_and_repeating_nothing(
+        clock, events_path, log_events):
+    """After logrotate renames the file, reopen() writes what was queued to the old file,
+    then every later line to a new file at the configured path."""
+    logger = OStreamLogger(clock, str(events_path))
+    run_id = fired(logger.create_run(None, {}, T0))
+    logger.add_tasks(run_id, [task("a")], T0)
+    clock.advance(0)
+    rotated = events_path.with_name("events.jsonl.1")
+    os.rename(events_path, rotated)
+    logger.record_task_state(run_id, "a", State.RUNNING, T0 + 1)  # queued, not written yet
+    logger.reopen()
+    logger.record_task_state(run_id, "a", State.COMPLETED, T0 + 2)
+    fired(logger.close())
+
+    assert [e["event"] for e in read_events(rotated)] == ["runCreated", "taskAdded", "taskState"]
+    assert [e["state"] for e in read_events(events_path)] == ["COMPLETED"]
+    assert (events_path.stat().st_mode & 0o777) == 0o644 & ~current_umask()
+    assert any("Reopened" in e["log_format"] for e in log_events)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_reopen_writes_a_line_cut_by_a_short_write_whole_to_the_new_file(
+        clock, events_path, log_events):
+    """A line whose start went to the old file before its disk filled is written whole to
+    the new file, so every line of the new file is complete and none is missing."""
+    old_disk, new_disk = FlakyDisk(), FlakyDisk()
+    old_fd: list[int] = []
+
+    def write(fd, chunk):
+        return (old_disk if fd in old_fd else new_disk)(fd, chunk)
+
+    logger = OStreamLogger(clock, str(events_path), write=write)
+    old_fd.append(logger._writer._fd)
+    run_id = fired(logger.create_run(None, {}, T0))
+    logger.add_tasks(run_id, [task(f"t{i}") for i in range(3)], T0)
+    old_disk.room = 150  # ends inside the second line, then the old disk is full
+    clock.advance(0)
+    logger.reopen()
+    clock.advance(0)
+    old_lines = bytes(old_disk.data).split(b"\n")
+    assert len(old_lines) == 2 and old_lines[1]  # one complete line, then a fragment
+    assert [e.get("task") for e in new_disk.events()] == ["t0", "t1", "t2"]
+    assert new_disk.data.startswith(old_lines[1])
+    fired(logger.close())
+
+
+def test_reopen_of_a_failing_file_recovers_on_the_new_one(clock, tmp_path, log_events):
+    """A file that failed (its disk vanished) is replaced by reopen(): the queued lines go
+    to the new file at once and the recovery is logged."""
+    path = tmp_path / "events.jsonl"
+    broken: set[int] = set()
+
+    def write(fd, chunk):
+        if fd in broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return os.write(fd, chunk)
+
+    logger = OStreamLogger(clock, str(path), write=write)
+    broken.add(logger._writer._fd)
+    run_id = fired(logger.create_run(None, {}, T0))
+    clock.advance(0)
+    assert logger.write_error == "Input/output error (EIO)"
+    os.rename(path, tmp_path / "old.jsonl")
+    logger.reopen()
+    clock.advance(0)
+    assert logger.write_error is None
+    assert [e["runID"] for e in read_events(path)] == [run_id]
+    assert any("again" in e["log_format"] for e in log_events)
+    fired(logger.close())
+
+
+def test_reopen_of_standard_output_does_nothing(clock, pipe):
+    """"-" is not reopened: lines keep going to the same descriptor."""
+    read_fd, write_fd = pipe
+    logger = OStreamLogger(clock, "-", stdout_fd=write_fd)
+    fired(logger.create_run(None, {}, T0))
+    logger.reopen()
+    fired(logger.flush())
+    assert json.loads(drain(read_fd))["event"] == "runCreated"
+    fired(logger.close())
+    os.write(write_fd, b"still open\n")
+
+
+def test_a_path_that_cannot_be_reopened_keeps_the_old_file(clock, tmp_path, log_events):
+    """If the path cannot be opened again (its directory is gone), one error is logged and
+    the events go on to the file opened before."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "events.jsonl"
+    logger = OStreamLogger(clock, str(path))
+    run_id = fired(logger.create_run(None, {}, T0))
+    moved = tmp_path / "moved"
+    os.rename(directory, moved)
+    logger.reopen()
+    logger.record_run_state(run_id, State.RUNNING, T0 + 1)
+    fired(logger.close())
+    [logged] = errors_in(log_events)
+    assert "Cannot reopen" in logged["log_format"] and "ENOENT" in formatEvent(logged)
+    assert [e["event"] for e in read_events(moved / "events.jsonl")] == ["runCreated", "runState"]
 
 
 def test_a_stalled_pipe_never_blocks_and_catches_up_when_read(clock, pipe, fail_if_blocked):

@@ -107,6 +107,9 @@ def test_valid_job_has_no_errors():
     ({"command": ["ls"], "sbatchArgs": ["--output=/x"]},
      "tasks.pull.job.sbatchArgs[0]: --output is set by the executor"),
     ({"command": ["ls"], "sbatchArgs": ["-Jname"]}, "tasks.pull.job.sbatchArgs[0]: -Jname is set"),
+    # sbatch takes any unambiguous prefix of a long option.
+    ({"command": ["ls"], "sbatchArgs": ["--out=/x"]}, "tasks.pull.job.sbatchArgs[0]: --out"),
+    ({"command": ["ls"], "sbatchArgs": ["--job", "x"]}, "tasks.pull.job.sbatchArgs[0]: --job"),
     ({"command": ["ls"], "timeoutSeconds": 3}, "tasks.pull.job.timeoutSeconds: unknown job field"),
 ])
 def test_invalid_jobs_name_the_field(job, problem):
@@ -649,3 +652,103 @@ def test_polls_never_overlap(reactor, tmp_path):
     answer(reactor, "squeue", "12|COMPLETED|None\n")
     answer(reactor, "sacct", "12|COMPLETED|0:0\n")
     assert result_of(execution.result).succeeded
+
+
+# Secrets (secretEnvironment)
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def test_secret_values_go_through_sbatchs_environment_never_its_argv_or_script(
+        reactor, tmp_path):
+    """A job's secrets reach sbatch in its environment, named (not valued) by
+    --export=ALL,<names>; neither argv nor the batch script (which Slurm stores) holds a
+    value, and retries pass them again."""
+    executor = make_executor(reactor, tmp_path, secrets={"DB_PASSWORD": SECRET},
+                             environ={"PATH": "/usr/bin", "API_KEY": "from-daemon"})
+    job = {"command": ["printenv", "DB_PASSWORD"], "secretEnvironment": ["DB_PASSWORD", "API_KEY"],
+           "environment": {"PLAIN": "x"}}
+    assert executor.validate_job(job, JOB_PATH) == []
+    execution = executor.start(7, "pull", job)
+    sbatch = answer(reactor, "sbatch", rc=1, stderr="Socket timed out\n")
+    reactor.advance(1)
+    retry = reactor.last_process
+    for process in (sbatch, retry):
+        assert "--export=ALL,DB_PASSWORD,API_KEY" in process.args
+        assert not any(SECRET in arg for arg in process.args)
+        assert SECRET not in script_of(process)
+        assert process.env == {"PATH": "/usr/bin", "API_KEY": "from-daemon",
+                               "DB_PASSWORD": SECRET}
+    assert "export PLAIN=x" in script_of(retry)
+    answer(reactor, "sbatch", stdout="55\n")
+    tick(reactor, executor)
+    answer(reactor, "squeue", "55|COMPLETED|None\n")
+    answer(reactor, "sacct", "55|COMPLETED|0:0\n")
+    attempt = result_of(execution.result)
+    assert attempt.succeeded
+    assert execution.environment == {}
+
+
+def test_jobs_without_secrets_get_no_export_option_and_no_secret(reactor, tmp_path):
+    """Only a job naming secrets gets --export and their values."""
+    executor = make_executor(reactor, tmp_path, secrets={"DB_PASSWORD": SECRET})
+    execution = submit(reactor, executor)
+    sbatch = reactor.processes[0]
+    assert not any(arg.startswith("--export") for arg in sbatch.args)
+    assert sbatch.env == {"PATH": "/usr/bin"}
+    executor.stop()
+    answer(reactor, "scancel")
+    assert result_of(execution.result).killed
+
+
+def test_export_in_sbatch_args_cannot_be_combined_with_secrets(reactor, tmp_path):
+    """--export in the job's sbatchArgs, or in the executor's, would decide the job's
+    environment instead; with secretEnvironment that is an error naming the field."""
+    executor = make_executor(reactor, tmp_path, secrets={"DB_PASSWORD": SECRET})
+    job = {"command": ["true"], "secretEnvironment": ["DB_PASSWORD"],
+           "sbatchArgs": ["--export=NONE"]}
+    [error] = executor.validate_job(job, JOB_PATH)
+    assert error.startswith("tasks.pull.job.sbatchArgs[0]: --export cannot be combined with "
+                            "secretEnvironment")
+    assert executor.validate_job({"command": ["true"], "sbatchArgs": ["--export=NONE"]},
+                                 JOB_PATH) == []
+    assert executor.validate_job({"command": ["true"], "secretEnvironment": ["DB_PASSWORD"],
+                                  "sbatchArgs": ["--export-file=/x"]}, JOB_PATH) == []
+
+    strict = make_executor(reactor, tmp_path, secrets={"DB_PASSWORD": SECRET},
+                           sbatch_args=["--export=NONE"])
+    [error] = strict.validate_job({"command": ["true"], "secretEnvironment": ["DB_PASSWORD"]},
+                                  JOB_PATH)
+    assert error.startswith("tasks.pull.job.secretEnvironment: cannot be used while the "
+                            "executor's sbatchArgs set --export")
+
+
+@pytest.mark.parametrize("names, problem", [
+    (["NOPE"], "tasks.pull.job.secretEnvironment[0]: no secret named 'NOPE'"),
+    (["{{X}}"], "tasks.pull.job.secretEnvironment[0]: placeholders are not allowed"),
+    (["A-B"], "tasks.pull.job.secretEnvironment[0]: must be an environment variable name"),
+    ({"A": "b"}, "tasks.pull.job.secretEnvironment: must be a list"),
+])
+def test_bad_secret_names_are_refused(reactor, tmp_path, names, problem):
+    """Slurm jobs check secretEnvironment as forking jobs do."""
+    executor = make_executor(reactor, tmp_path, secrets={"DB_PASSWORD": SECRET})
+    [error] = executor.validate_job({"command": ["true"], "secretEnvironment": names},
+                                    JOB_PATH)
+    assert error.startswith(problem)
+
+
+def test_a_secret_missing_at_submission_fails_without_running_sbatch(reactor, tmp_path):
+    """A job naming a secret this daemon lacks (a recovered run) is not submitted; the
+    attempt says which secret is missing."""
+    executor = make_executor(reactor, tmp_path)
+    execution = executor.start(1, "t", {"command": ["true"], "secretEnvironment": ["GONE"]})
+    assert reactor.processes == []
+    attempt = result_of(execution.result)
+    assert not attempt.succeeded
+    assert attempt.executor_log.startswith(
+        "not submitted: secretEnvironment: no secret named 'GONE'")
+
+
+def test_secret_environment_is_not_templatable():
+    """Placeholders never expand in secretEnvironment."""
+    assert "secretEnvironment" not in SlurmTaskExecutor.templatable_fields
