@@ -94,9 +94,16 @@ class Client:
 # -- one daemon, one run -------------------------------------------------------------------
 
 
+#: The ForkingTaskExecutor's ``isolation`` for every daemon the bench starts; None keeps
+#: daggyd's default ("auto": a cgroup per task where the machine allows).
+ISOLATION: str | None = None
+
+
 def forking_settings(workers: int, logger: dict) -> dict:
-    return {"executor": "ForkingTaskExecutor", "executor_config": {"threads": workers},
-            "logger": logger}
+    config: dict = {"threads": workers}
+    if ISOLATION is not None:
+        config["isolation"] = ISOLATION
+    return {"executor": "ForkingTaskExecutor", "executor_config": config, "logger": logger}
 
 
 def noop_settings(logger: dict) -> dict:

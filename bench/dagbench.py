@@ -647,6 +647,7 @@ def report(bench: Bench, machine: dict[str, Any], wall: float) -> str:
     mode = "--quick (1 repetition, small sizes; targets are for the full sizes)" \
         if options.quick else f"{options.repeat} repetitions"
     out.append(f"## dagbench: {mode}, {wall / 60:.1f} min\n")
+    out.append(f"ForkingTaskExecutor isolation: {options.isolation or 'auto (the default)'}\n")
     out.append("Machine: " + "; ".join(
         f"{key} {', '.join(value) if isinstance(value, list) else value}"
         for key, value in machine.items() if key != "busy processes at start"))
@@ -863,7 +864,10 @@ def main() -> int:
                         " in every repetition (by default only in the first)")
     parser.add_argument("--json", type=Path, help="also write every measurement to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--isolation", choices=("auto", "cgroup", "subreaper", "session"),
+                        help="the ForkingTaskExecutor's isolation (default: daggyd's, auto)")
     options = parser.parse_args()
+    _daggyd.ISOLATION = options.isolation
     if options.quick:
         options.repeat = 1
     if options.repeat < 1:
