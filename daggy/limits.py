@@ -39,3 +39,11 @@ DEFAULT_MAX_CONNECTIONS = 1_000
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT_SECONDS = 60.0
+
+#: The replay window of ``GET /v1/events`` (daggy/events.py): the newest events kept in
+#: memory, by count and by bytes of JSON.
+EVENT_WINDOW_EVENTS = 100_000
+EVENT_WINDOW_BYTES = 64 * MiB
+#: Seconds an event stream's connection may take nothing before the reader is considered
+#: stalled and disconnected.
+EVENT_READER_STALL_SECONDS = 30.0

@@ -39,6 +39,10 @@ from daggy.spec import parse_generated_tasks, parse_run_spec
 SHUTDOWN_REASON = "daemon shutting down"
 
 
+def _unmeasured(*args) -> None:
+    """What the runner observes into when the daemon keeps no metrics."""
+
+
 def retries_used(history) -> int:
     """How many retries a task has used, from its recorded state changes: RETRY entries
     since an operator last queued it again (resume or task PATCH from a finished state)."""
@@ -72,13 +76,20 @@ class _Run:
         self.executions: dict[str, Any] = {}
         self.retry_timers: dict[str, Any] = {}
         self.done: defer.Deferred = defer.Deferred()
+        #: When its tasks were added (or the run was loaded); the start of their queue
+        #: wait unless ``queued_since`` says otherwise (metrics only).
+        self.added_at = 0.0
+        #: Task name -> when it last became QUEUED again (retry, resume, generated tasks),
+        #: until it starts or leaves QUEUED.
+        self.queued_since: dict[str, float] = {}
 
 
 class RunManager:
     log = Logger()
 
     def __init__(self, reactor, executor, logger, max_active_runs: int = 50,
-                 limits: RunLimits = RunLimits(), dispatch_batch: int = 1000):
+                 limits: RunLimits = RunLimits(), dispatch_batch: int = 1000,
+                 metrics: Any = None):
         self._reactor = reactor
         self._executor = executor
         self._logger = logger
@@ -94,6 +105,13 @@ class RunManager:
         self._drained: defer.Deferred | None = None
         self.accepting = True
         self._stopping = False
+        # daggy.metrics.DaemonMetrics observers (docs/metrics.md), or no-ops.
+        executor_name = type(executor).__name__
+        if metrics is None:
+            self._observe_attempt = self._observe_queue_wait = _unmeasured
+        else:
+            self._observe_attempt = metrics.attempt_recorder(executor_name)
+            self._observe_queue_wait = metrics.queue_wait_recorder(executor_name)
 
     # -- submission ----------------------------------------------------------------------
     def validate(self, doc: Any) -> list[str]:
@@ -121,8 +139,9 @@ class RunManager:
         now = self._reactor.seconds()
         run_id = await self._logger.create_run(spec.tag, spec.parameters, now)
         run = _Run(run_id, spec.tag, spec.parameters)
+        run.added_at = now
         with collector_paused():
-            run.engine = DagEngine(on_state=self._state_recorder(run_id))
+            run.engine = DagEngine(on_state=self._state_recorder(run))
             run.engine.add_groups(spec.groups)
             self._logger.add_tasks(run_id, spec.tasks, now)
         self._runs[run_id] = run
@@ -137,11 +156,19 @@ class RunManager:
                           run_id=run_id, error=error.message)
         return run_id
 
-    def _state_recorder(self, run_id: int):
-        record, clock = self._logger.record_task_state, self._reactor
+    def _state_recorder(self, run: _Run):
+        record, clock, run_id = self._logger.record_task_state, self._reactor, run.run_id
+        queued_since, observe_queue_wait = run.queued_since, self._observe_queue_wait
 
         def on_state(name: str, state: State) -> None:
-            record(run_id, name, state, clock.seconds())
+            now = clock.seconds()
+            record(run_id, name, state, now)
+            if state is State.RUNNING:
+                observe_queue_wait(now - queued_since.pop(name, run.added_at))
+            elif state is State.QUEUED:
+                queued_since[name] = now
+            elif queued_since:
+                queued_since.pop(name, None)
 
         return on_state
 
@@ -153,6 +180,23 @@ class RunManager:
         waiter: defer.Deferred = defer.Deferred()
         run.done.addBoth(lambda result: (waiter.callback(result), result)[1])
         return waiter
+
+    # -- metrics (read at scrape time) ----------------------------------------------------
+    def state_counts(self) -> tuple[dict[State, int], dict[State, int]]:
+        """The runs this runner holds and their tasks, each counted by state: O(runs)."""
+        runs = dict.fromkeys(State, 0)
+        tasks = dict.fromkeys(State, 0)
+        for run in self._runs.values():
+            runs[run.state] += 1
+            if run.engine is not None:
+                for state, count in run.engine.counts.items():
+                    tasks[state] += count
+        return runs, tasks
+
+    @property
+    def attempts_in_flight(self) -> int:
+        """Attempts handed to the executor whose results have not been recorded yet."""
+        return self._in_flight
 
     # -- run admission -------------------------------------------------------------------
     def _set_run_state(self, run: _Run, state: State) -> None:
@@ -242,7 +286,7 @@ class RunManager:
         if started is not None:
             started.addCallback(self._record_executor_state, run, task.name)
             started.addErrback(self.log.failure, "recording the executor state of {task} "
-                               "failed", task=task.name)
+                               "of run {run_id} failed", task=task.name, run_id=run.run_id)
         self._watch(run, task, execution.result)
 
     def _record_executor_state(self, state: dict, run: _Run, name: str) -> None:
@@ -268,6 +312,7 @@ class RunManager:
         self._in_flight -= 1
         run.executions.pop(task.name, None)
         try:
+            self._observe_attempt(attempt)
             self._record_outcome(attempt, run, task)
         finally:
             # Even after a bug while recording (reported by _internal_error), shutdown
@@ -288,8 +333,10 @@ class RunManager:
         else:
             if generated:
                 engine.add_groups(generated, after=task.name)
-                self._logger.add_tasks(run.run_id, [t for g in generated for t in g.instances],
-                                       self._reactor.seconds())
+                now = self._reactor.seconds()
+                added = [t for g in generated for t in g.instances]
+                self._logger.add_tasks(run.run_id, added, now)
+                run.queued_since.update(dict.fromkeys([t.name for t in added], now))
             outcome = engine.attempt_ended(task.name, attempt.succeeded, killed=attempt.killed)
             if outcome is Outcome.RETRY:
                 run.retry_timers[task.name] = self._reactor.callLater(
@@ -379,11 +426,12 @@ class RunManager:
     def _rebuild(self, doc: dict) -> _Run:
         """A run (and its engine) as its records describe it, held by this runner."""
         run = _Run(doc["runID"], doc.get("tag"), doc.get("parameters") or {})
+        run.added_at = self._reactor.seconds()
         run.state = State(doc["state"])
         tasks = [TaskDef.from_json(copy.deepcopy(task)) for task in doc["tasks"].values()]
         states = {name: State(state) for name, state in doc["taskStates"].items()}
         histories = doc.get("taskStateChanges", {})
-        run.engine = DagEngine(on_state=self._state_recorder(run.run_id))
+        run.engine = DagEngine(on_state=self._state_recorder(run))
         run.engine.restore(tasks, states, {name: retries_used(histories.get(name, ()))
                                            for name in states})
         if run.state is State.KILLED:

@@ -8,84 +8,28 @@ keys, NaN) is reported with its path, so what daggyc sends is what the file says
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
+from daggy._documents import (
+    DocumentErrors,
+    load_document,
+    load_json,
+    load_yaml,
+    unique_key_loader,
+)
 from daggy.client.errors import SpecRejected
 
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """Safe YAML without implicit timestamps and without duplicate keys."""
-
-
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_mapping(loader: _SpecLoader, node: yaml.MappingNode) -> Any:
-    seen = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            continue  # unhashable: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    data: dict = {}
-    yield data
-    data.update(loader.construct_mapping(node))
-
-
-_SpecLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-
-
-def _json_object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+_SpecLoader = unique_key_loader(repr, timestamps=False)
 
 
 def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_json_object_pairs,
-                          parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON at line {error.lineno} column {error.colno}: "
-                         f"{error.msg}") from None
-    except ValueError as error:
-        raise ValueError(f"invalid JSON: {error}") from None
+    return load_json(text, allow_constants=False)
 
 
 def _parse_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_SpecLoader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(error.problem or error.context or "syntax error").split())
-        raise ValueError(f"invalid YAML{where}: {problem}") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"invalid YAML: {' '.join(str(error).split())}") from None
+    return load_yaml(text, _SpecLoader)
 
 
 def _child_path(path: str, key: Any) -> str:
@@ -123,20 +67,12 @@ def parse_spec_text(text: str, name: str) -> Any:
 
     :raises SpecRejected: it parses as neither, or holds values JSON cannot.
     """
-    suffix = Path(name).suffix.lower()
-    parsers = ([_parse_json] if suffix == ".json" else [_parse_yaml]
-               if suffix in (".yaml", ".yml") else [_parse_json, _parse_yaml])
-    problems = []
-    for parse in parsers:
-        try:
-            document = parse(text)
-            break
-        except ValueError as error:
-            problems.append(str(error))
-    else:
-        if len(problems) == 1:
-            raise SpecRejected(f"{name}: {problems[0]}")
-        raise SpecRejected(f"{name}: neither JSON nor YAML:", problems)
+    try:
+        document = load_document(text, name, _parse_json, _parse_yaml)
+    except DocumentErrors as error:
+        if len(error.problems) == 1:
+            raise SpecRejected(f"{name}: {error.problems[0]}") from None
+        raise SpecRejected(f"{name}: neither JSON nor YAML:", error.problems) from None
     problems = json_problems(document)
     if problems:
         raise SpecRejected(f"{name}: values JSON cannot hold:", problems)

@@ -179,6 +179,8 @@ class ForkingTaskExecutor:
         """
         start_time = self._reactor.seconds()
         label = f"run {run_id} task {task_name}"
+        # So that JSON log lines carry the IDs as fields (docs/config.md, log-format).
+        fields = {"run_id": run_id, "task": task_name}
         if self._stopped:
             return FinishedExecution(
                 Attempt(
@@ -206,7 +208,7 @@ class ForkingTaskExecutor:
             # The lookup execvp would do, done here so a typo is reported plainly.
             program = find_program(command[0], environment.get("PATH"), cwd)
         except (ProgramNotFound, OSError, MissingSecret) as e:
-            return self._spawn_failed(label, start_time, str(e))
+            return self._spawn_failed(label, start_time, str(e), fields)
 
         scope = self._isolation.new_scope()
         # Last, so a job cannot override it.
@@ -215,6 +217,7 @@ class ForkingTaskExecutor:
             self._reactor,
             self._kill_group,
             label=label,
+            log_fields=fields,
             start_time=start_time,
             timeout_seconds=job.get("timeoutSeconds"),
             kill_grace_seconds=self._kill_grace_seconds,
@@ -228,11 +231,12 @@ class ForkingTaskExecutor:
             # OSError: fork or pipe limits; ValueError: e.g. a NUL byte in an argument that
             # came from a parameter value.
             scope.release()
-            return self._spawn_failed(label, start_time, str(e))
+            return self._spawn_failed(label, start_time, str(e), fields)
         except Exception as e:
             scope.release()
-            self.log.failure("spawnProcess failed unexpectedly for {label}", label=label)
-            return self._spawn_failed(label, start_time, f"{type(e).__name__}: {e}")
+            self.log.failure("spawnProcess failed unexpectedly for {label}", label=label,
+                             **fields)
+            return self._spawn_failed(label, start_time, f"{type(e).__name__}: {e}", fields)
         if not execution.ended:
             self._running.add(execution)
         return execution
@@ -280,8 +284,9 @@ class ForkingTaskExecutor:
             self.log.failure("could not release the task isolation ({mode})",
                              mode=self._isolation.mode)
 
-    def _spawn_failed(self, label: str, start_time: float, why: str) -> FinishedExecution:
-        self.log.warn("could not start {label}: {why}", label=label, why=why)
+    def _spawn_failed(self, label: str, start_time: float, why: str,
+                      fields: dict[str, Any]) -> FinishedExecution:
+        self.log.warn("could not start {label}: {why}", label=label, why=why, **fields)
         return FinishedExecution(
             Attempt(
                 start_time=start_time,
@@ -338,6 +343,7 @@ class ForkedExecution:
         kill_group: Callable[[int, int], None],
         *,
         label: str,
+        log_fields: dict[str, Any] | None = None,
         start_time: float,
         timeout_seconds: float | None,
         kill_grace_seconds: float,
@@ -349,6 +355,8 @@ class ForkedExecution:
         self._reactor = reactor
         self._kill_group = kill_group
         self._label = label
+        #: ``run_id`` and ``task``, added to every log event about this attempt.
+        self._log_fields = log_fields or {}
         self._start_time = start_time
         self._timeout_seconds = timeout_seconds
         self._grace = kill_grace_seconds
@@ -442,7 +450,8 @@ class ForkedExecution:
 
     def process_ended(self, reason: Failure) -> None:
         if self.ended:
-            self.log.warn("{label}: process ended twice; ignored", label=self._label)
+            self.log.warn("{label}: process ended twice; ignored", label=self._label,
+                          **self._log_fields)
             return
         self.ended = True
         self._exited = True
@@ -460,11 +469,13 @@ class ForkedExecution:
         try:
             self._scope.release()
         except Exception:
-            self.log.failure("{label}: could not release its isolation scope", label=self._label)
+            self.log.failure("{label}: could not release its isolation scope", label=self._label,
+                             **self._log_fields)
         try:
             attempt = self._make_attempt(reason)
         except Exception:
-            self.log.failure("{label}: could not build the attempt record", label=self._label)
+            self.log.failure("{label}: could not build the attempt record", label=self._label,
+                             **self._log_fields)
             self.result.errback(Failure())
         else:
             self.result.callback(attempt)
@@ -540,7 +551,7 @@ class ForkedExecution:
             others = self._scope.signal(signum, self._pgid if group_reached else None)
         except Exception:
             self.log.failure("{label}: could not signal the processes outside its process "
-                             "group", label=self._label)
+                             "group", label=self._label, **self._log_fields)
             return
         if others and signum == signal.SIGTERM:
             plural = "es" if others != 1 else ""
@@ -565,6 +576,7 @@ class ForkedExecution:
                 label=self._label,
                 pgid=pgid,
                 error=e,
+                **self._log_fields,
             )
             return False
         if not self._exited:

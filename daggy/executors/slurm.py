@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall
@@ -52,6 +52,18 @@ MAX_IDS_PER_CALL = 5000
 MAX_NAMES_PER_CALL = 500
 #: How far back sacct looks for a job found by name (it needs a start time without -j).
 SEARCH_SACCT_START = "now-30days"
+
+
+def _unmeasured(*args: Any) -> None:
+    """What the executor reports to when the daemon keeps no metrics."""
+
+
+def _normal_failure(command: str, result: CommandResult) -> bool:
+    """Whether a non-zero exit is part of normal operation (not counted as a failure):
+    scancel of jobs that already ended, squeue of ids the controller has purged."""
+    if result.rc != 1:
+        return False
+    return command == "scancel" or (command == "squeue" and "Invalid job id" in result.stderr)
 
 
 class SlurmTaskExecutor:
@@ -161,8 +173,12 @@ class SlurmTaskExecutor:
         self._stopped = False
         self._batching_stop = False
         self._idle_waiters: list[Deferred[None]] = []
-        #: Counts of Slurm commands run, by name (for tests and benchmarks).
+        #: Counts of Slurm commands run, by name (for tests, benchmarks and metrics).
         self.command_counts: dict[str, int] = {name: 0 for name in COMMANDS}
+        #: Told how long each poll took, and the name of each Slurm command that failed;
+        #: daggyd's metrics replace these no-ops (daggy.metrics.DaemonMetrics.watch).
+        self.observe_poll_seconds: Callable[[float], None] = _unmeasured
+        self.count_command_failure: Callable[[str], None] = _unmeasured
 
     # -- the TaskExecutor interface ------------------------------------------------------
 
@@ -207,6 +223,7 @@ class SlurmTaskExecutor:
         except MissingSecret as e:
             secret_values, missing = {}, str(e)
         execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
+                                   log_fields={"run_id": run_id, "task": task_name},
                                    stdout_pattern=stdout, stderr_pattern=stderr,
                                    job_name=name, argv=argv, script=script.encode("utf-8"),
                                    environment=secret_values)
@@ -244,6 +261,7 @@ class SlurmTaskExecutor:
             self._ensure_polling()
             return execution
         execution = SlurmExecution(self, f"run {run_id} task {task_name}", now,
+                                   log_fields={"run_id": run_id, "task": task_name},
                                    stdout_pattern=str(executor_state.get("stdout", "")),
                                    stderr_pattern=str(executor_state.get("stderr", "")))
         execution.job_id = job_id
@@ -272,7 +290,14 @@ class SlurmTaskExecutor:
     def run_command(self, name: str, args: list[str], stdin: bytes | None = None,
                     environment: dict[str, str] | None = None) -> Deferred[CommandResult]:
         self.command_counts[name] += 1
-        return self._runner.run([self._paths[name], *args], stdin, environment)
+        d = self._runner.run([self._paths[name], *args], stdin, environment)
+        d.addCallback(self._counted, name)
+        return d
+
+    def _counted(self, result: CommandResult, name: str) -> CommandResult:
+        if not result.ok and not _normal_failure(name, result):
+            self.count_command_failure(name)
+        return result
 
     def sbatch(self, execution: SlurmExecution) -> None:
         """Run sbatch for ``execution`` now, or once one of the parallel slots is free."""
@@ -419,6 +444,7 @@ class SlurmTaskExecutor:
             args = ["-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids)]
         else:
             args = ["-h", "-t", "all", "-o", "%i|%T|%r", "-u", _user_name()]
+        started = self._reactor.seconds()
         result = await self.run_command("squeue", args)
         if result.ok:
             listed = parse_squeue(result.stdout)
@@ -426,6 +452,7 @@ class SlurmTaskExecutor:
             listed = {}  # every id asked about has been purged from the controller
         else:
             self._no_news("squeue", result, tick_time)
+            self.observe_poll_seconds(self._reactor.seconds() - started)
             return
         self._news()
         to_resolve: list[str] = []
@@ -440,6 +467,7 @@ class SlurmTaskExecutor:
                 execution.seen(status)
         if to_resolve:
             await self._resolve(to_resolve, listed)
+        self.observe_poll_seconds(self._reactor.seconds() - started)
 
     async def _resolve(self, ids: list[str], listed: dict[str, JobStatus]) -> None:
         """Final states of finished or vanished jobs: sacct, then scontrol, then squeue's."""
@@ -523,7 +551,8 @@ class SlurmTaskExecutor:
                                  log=f"not submitted: {execution.kill_requested}")
             else:
                 self.log.info("Slurm has no job for {label} (the daemon stopped before it "
-                              "was submitted): submitting it now", label=execution.label)
+                              "was submitted): submitting it now", label=execution.label,
+                              **execution.log_fields)
                 execution.submit()
 
     def _no_news(self, command: str, result: CommandResult, tick_time: float) -> None:
@@ -561,6 +590,7 @@ class SlurmExecution:
 
     def __init__(self, executor: SlurmTaskExecutor, label: str, start_time: float, *,
                  stdout_pattern: str, stderr_pattern: str, job_name: str = "",
+                 log_fields: dict[str, Any] | None = None,
                  argv: list[str] | None = None, script: bytes = b"",
                  environment: dict[str, str] | None = None) -> None:
         self.result: Deferred[Attempt] = Deferred()
@@ -578,6 +608,8 @@ class SlurmExecution:
         self._executor = executor
         self._reactor = executor._reactor
         self.label = label
+        #: ``run_id`` and ``task``, added to every log event about this attempt.
+        self.log_fields = log_fields or {}
         #: True while this attempt's sbatch process runs.
         self.sbatch_running = False
         #: What ``started`` reported: found again after a restart, kept in the attempt.
@@ -601,20 +633,23 @@ class SlurmExecution:
         self.sbatch_running = False
         job_id = result.stdout.strip().split(";")[0] if result.ok else ""
         if job_id.isdigit() or (job_id and job_id.replace("_", "").isdigit()):
-            self.log.debug("submitted {label} as Slurm job {job}", label=self.label, job=job_id)
+            self.log.debug("submitted {label} as Slurm job {job}", label=self.label, job=job_id,
+                           **self.log_fields)
             self.found(job_id)
             return
         why = result.describe() if not result.ok else f"unexpected output {result.stdout!r}"
         delay = self._executor.submit_delay(self._tries)
         if self._kill_reason is not None or delay is None:
             killed = self._kill_reason is not None
-            self.log.warn("could not submit {label}: {why}", label=self.label, why=why)
+            self.log.warn("could not submit {label}: {why}", label=self.label, why=why,
+                          **self.log_fields)
             self.finish(succeeded=False, rc=None, killed=killed,
                         log=(f"not submitted: {self._kill_reason}" if killed else
                              f"sbatch failed {self._tries} times; last: {why}"))
             return
         self.log.info("sbatch for {label} failed ({why}); try {next} in {delay}s",
-                      label=self.label, why=why, next=self._tries + 1, delay=delay)
+                      label=self.label, why=why, next=self._tries + 1, delay=delay,
+                      **self.log_fields)
         self._retry_call = self._reactor.callLater(delay, self._retry)
 
     def _retry(self) -> None:
@@ -644,7 +679,8 @@ class SlurmExecution:
         if self._warned_state != status.state:
             self._warned_state = status.state
             self.log.warn("Slurm job {job} of {label} is in unknown state {state}; still "
-                          "watching it", job=self.job_id, label=self.label, state=status.state)
+                          "watching it", job=self.job_id, label=self.label, state=status.state,
+                          **self.log_fields)
 
     def missing(self, now: float, give_up_after: float) -> None:
         if self._missing_since is None:
@@ -714,5 +750,6 @@ class SlurmExecution:
             executor_state=dict(self.executor_state)))
 
     def bug(self, failure: Any) -> None:
-        self.log.failure("submitting {label} failed unexpectedly", failure, label=self.label)
+        self.log.failure("submitting {label} failed unexpectedly", failure, label=self.label,
+                         **self.log_fields)
         self.finish(succeeded=False, rc=None, log=f"internal error: {failure.getErrorMessage()}")

@@ -16,13 +16,17 @@ Cost model (a run of 100,000 tasks is normal input):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from daggy.errors import Conflict, UnknownRun, UnknownTask
 from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, iso8601
+
+if TYPE_CHECKING:
+    from daggy.events import EventHub
 
 
 def _read_only(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
@@ -237,7 +241,12 @@ class MemoryStore:
     :class:`~daggy.errors.UnknownTask` immediately: they are bugs of the caller.
     ``add_tasks`` with a task name the run already has (or twice in one call) raises
     :class:`~daggy.errors.Conflict` and stores none of the tasks.
+
+    After :meth:`publish_to`, every write also publishes its event (the OStreamLogger's
+    line object, docs/loggers.md) to an :class:`~daggy.events.EventHub`.
     """
+
+    log = Logger()
 
     def __init__(self) -> None:
         self._runs: dict[int, _RunRecord] = {}
@@ -245,6 +254,47 @@ class MemoryStore:
         # Events come in bursts sharing one ``now`` (a reactor turn); formatting a timestamp
         # costs more than the rest of a state change, so the last one is reused.
         self._last_time: tuple[float | None, str | None] = (None, None)
+        self._events: EventHub | None = None
+        # Whether the writes build event objects (and hand them to _emit).
+        self._emitting = False
+
+    # -- events -------------------------------------------------------------------------
+    def publish_to(self, hub: EventHub) -> None:
+        """Publish the event of every write from now on to ``hub`` (call it before the
+        first write; ``GET /v1/events`` streams them)."""
+        self._events = hub
+        self._emitting = True
+
+    @property
+    def events(self) -> EventHub | None:
+        """The hub the events are published to, if any."""
+        return self._events
+
+    def _emit(self, event: dict[str, Any]) -> tuple[int, bytes] | None:
+        """Publish one event; ``(event ID, its JSON line)``, or None if it was not
+        published."""
+        hub = self._events
+        if hub is None:
+            return None
+        try:
+            return hub.publish(event)
+        except (TypeError, ValueError):
+            self.log.failure("Run event {event_name!r} is not JSON-serialisable; not "
+                             "published", event_name=event.get("event"))
+            return None
+
+    def _emit_run_created(self, record: _RunRecord) -> None:
+        self._emit({"time": record.state_changes[0]["time"], "event": "runCreated",
+                    "runID": record.run_id, "tag": record.tag,
+                    "parameters": record.parameters, "state": State.QUEUED.value})
+
+    def _emit_tasks_added(self, run_id: int,
+                          added: list[tuple[ReadOnlyDict, ReadOnlyDict]]) -> None:
+        emit = self._emit
+        for definition, change in added:
+            emit({"time": change["time"], "event": "taskAdded", "runID": run_id,
+                  "task": definition["name"], "state": change["state"],
+                  "definition": definition})
 
     # -- helpers ------------------------------------------------------------------------
     def run_ids(self) -> list[int]:
@@ -364,25 +414,42 @@ class MemoryStore:
 
         :returns: a Deferred that has already fired with the run ID.
         """
-        return defer.succeed(self._create_run(tag, parameters, now).run_id)
+        record = self._create_run(tag, parameters, now)
+        if self._emitting:
+            self._emit_run_created(record)
+        return defer.succeed(record.run_id)
 
     def add_tasks(self, run_id: int, tasks: Iterable[TaskDef], now: float) -> None:
-        self._add_tasks(run_id, tasks, now)
+        added = self._add_tasks(run_id, tasks, now)
+        if self._emitting:
+            self._emit_tasks_added(run_id, added)
 
     def record_run_state(self, run_id: int, state: State, now: float) -> None:
-        self._record_run_state(run_id, state, now)
+        change = self._record_run_state(run_id, state, now)
+        if self._emitting:
+            self._emit({"time": change["time"], "event": "runState", "runID": run_id,
+                        "state": change["state"]})
 
     def record_task_state(self, run_id: int, task_name: str, state: State, now: float) -> None:
-        self._record_task_state(run_id, task_name, state, now)
+        change = self._record_task_state(run_id, task_name, state, now)
+        if self._emitting:
+            self._emit({"time": change["time"], "event": "taskState", "runID": run_id,
+                        "task": task_name, "state": change["state"]})
 
     def record_attempt(self, run_id: int, task_name: str, attempt: Attempt) -> None:
-        self._record_attempt(run_id, task_name, attempt)
+        stored = self._record_attempt(run_id, task_name, attempt)
+        if self._emitting:
+            self._emit({"time": stored["stopTime"], "event": "taskAttempt", "runID": run_id,
+                        "task": task_name, "attempt": stored})
 
     def record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
                               now: float) -> None:
         """Keep what the executor needs to find the task's running attempt again (replacing
         what an earlier attempt reported)."""
-        self._record_executor_state(run_id, task_name, state, now)
+        stored = self._record_executor_state(run_id, task_name, state, now)
+        if self._emitting:
+            self._emit({"time": self._time_text(now), "event": "taskExecutorState",
+                        "runID": run_id, "task": task_name, "executorState": stored})
 
     def start(self) -> None:
         """Nothing to connect to: the store is ready from the start."""

@@ -24,7 +24,7 @@ import errno
 import os
 import select
 import stat
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -33,7 +33,6 @@ from twisted.logger import Logger
 
 from daggy.loggers.memory import MemoryStore
 from daggy.jsonio import dumps_ascii_fallback
-from daggy.model import Attempt, State, TaskDef
 
 #: How long a stalled stream waits before the next attempt to write; also the first delay
 #: after a write error.
@@ -422,6 +421,8 @@ class OStreamLogger(MemoryStore):
         super().__init__()
         self._reactor = reactor
         self._close_timeout = close_timeout
+        # Every write makes a line, published or not.
+        self._emitting = True
         if file == "-":
             fd, name, owns_fd, path = stdout_fd, "standard output", False, None
         else:
@@ -449,51 +450,23 @@ class OStreamLogger(MemoryStore):
             raise ValueError("logger.config.file: must be a non-empty string ('-' is stdout)")
         return cls(reactor, file)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: dict[str, Any]) -> tuple[int, bytes] | None:
+        """Write the event's line, and publish it when publishing (one JSON encoding
+        serves both)."""
+        hub = self._events
         try:
-            line = _encode(event)
+            if hub is None:
+                published = None
+                line = _encode(event)
+            else:
+                published = hub.publish(event)
+                line = published[1]
         except (TypeError, ValueError):
             self.log.failure("Run event {event_name!r} is not JSON-serialisable; not written",
                              event_name=event.get("event"))
-            return
+            return None
         self._writer.write(line)
-
-    # -- writes --------------------------------------------------------------------------
-    def create_run(self, tag: str | None, parameters: dict[str, list[str]],
-                   now: float) -> Deferred[int]:
-        record = self._create_run(tag, parameters, now)
-        self._emit({"time": record.state_changes[0]["time"], "event": "runCreated",
-                    "runID": record.run_id, "tag": tag, "parameters": record.parameters,
-                    "state": State.QUEUED.value})
-        return defer.succeed(record.run_id)
-
-    def add_tasks(self, run_id: int, tasks: Iterable[TaskDef], now: float) -> None:
-        for definition, change in self._add_tasks(run_id, tasks, now):
-            self._emit({"time": change["time"], "event": "taskAdded", "runID": run_id,
-                        "task": definition["name"], "state": change["state"],
-                        "definition": definition})
-
-    def record_run_state(self, run_id: int, state: State, now: float) -> None:
-        change = self._record_run_state(run_id, state, now)
-        self._emit({"time": change["time"], "event": "runState", "runID": run_id,
-                    "state": change["state"]})
-
-    def record_task_state(self, run_id: int, task_name: str, state: State, now: float) -> None:
-        change = self._record_task_state(run_id, task_name, state, now)
-        self._emit({"time": change["time"], "event": "taskState", "runID": run_id,
-                    "task": task_name, "state": change["state"]})
-
-    def record_attempt(self, run_id: int, task_name: str, attempt: Attempt) -> None:
-        stored = self._record_attempt(run_id, task_name, attempt)
-        self._emit({"time": stored["stopTime"], "event": "taskAttempt",
-                    "runID": run_id, "task": task_name, "attempt": stored})
-
-    def record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
-                              now: float) -> None:
-        stored = self._record_executor_state(run_id, task_name, state, now)
-        self._emit({"time": self._time_text(now),
-                    "event": "taskExecutorState", "runID": run_id, "task": task_name,
-                    "executorState": stored})
+        return published
 
     def flush(self) -> Deferred[None]:
         """Write every buffered line now.
@@ -514,6 +487,11 @@ class OStreamLogger(MemoryStore):
         A path that cannot be opened is logged, and the events go on to the old file.
         """
         self._writer.reopen()
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of event lines waiting to be written (daggyd's metrics read it)."""
+        return self._writer.backlog_bytes
 
     @property
     def write_error(self) -> str | None:

@@ -32,7 +32,7 @@ import dataclasses
 import gc
 import json
 from operator import itemgetter
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -53,6 +53,9 @@ from daggy.loggers._redis_api import (
 from daggy.loggers.memory import MemoryStore, _RunRecord, freeze, restored_record
 from daggy.jsonio import dumps_surrogatepass
 from daggy.model import FINISHED_STATES, Attempt, State, TaskDef, iso8601, parse_iso8601
+
+if TYPE_CHECKING:
+    from daggy.events import EventHub
 
 MiB = 1 << 20
 DEFAULT_PREFIX = "daggy"
@@ -133,6 +136,7 @@ class RedisKeys:
         self.next_run_id = self._base + b":nextRunID"
         self.runs = self._base + b":runs"
         self.active = self._base + b":active"
+        self.events = self._base + b":events"
         self._of_run: dict[int, tuple[bytes, ...]] = {}
 
     def of_run(self, run_id: int) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
@@ -237,6 +241,9 @@ class RedisLogger(MemoryStore):
         self._unconfirmed: list[tuple[tuple[int, int, str | None], Any]] = []
         self._warned_after_close = False
 
+        # -- events (after publish_to): the ID of the last event stored in the stream
+        self._events_stored_through = 0
+
     @property
     def prefix(self) -> str:
         return self._keys.prefix
@@ -245,6 +252,108 @@ class RedisLogger(MemoryStore):
     def where(self) -> str:
         """Where Redis is, for messages (``localhost:6379``, a socket path)."""
         return self._connector.description
+
+    @property
+    def pending_writes(self) -> int:
+        """Changed records not yet confirmed stored (daggyd's metrics read it)."""
+        return len(self._dirty) + len(self._unconfirmed)
+
+    #: Told how many seconds each completed flush took; set by daggyd's metrics
+    #: (daggy.metrics.DaemonMetrics.watch).
+    observe_flush_seconds: Any = None
+
+    # -- events --------------------------------------------------------------------------
+    def publish_to(self, hub: EventHub) -> None:
+        """Publish every event to ``hub`` and store them in the Redis stream
+        ``{prefix}:events`` as well (about the newest ``hub.max_events``), so that the
+        replay window survives a restart: the hub numbers on from the last stored event,
+        and reads events older than its memory window from the stream.  Call it before
+        :meth:`start`."""
+        super().publish_to(hub)
+        hub.defer_numbering()
+        hub.set_archive(self)
+
+    def read_events(self, first_id: int, last_id: int, limit: int
+                    ) -> Deferred[list[tuple[int, bytes]]]:
+        """The stored events with ``first_id <= id <= last_id``, oldest first, at most
+        ``limit``, as ``(event ID, JSON)`` (the hub's :class:`~daggy.events.EventArchive`).
+        Fails with :class:`~daggy.errors.Unavailable` while Redis cannot be reached."""
+        connection = self._connection
+        if connection is None:
+            return defer.fail(Unavailable(f"the stored events cannot be read: {self._reason}"))
+
+        def entries(reply: list[Any]) -> list[tuple[int, bytes]]:
+            found = []
+            for entry_id, fields in reply:
+                data = _pairs(fields).get(b"data")
+                if data is not None:
+                    found.append((int(entry_id.split(b"-", 1)[0]), data))
+            return found
+
+        def failed(failure: Failure) -> None:
+            failure.trap(RedisError)
+            if failure.check(RedisConnectionError):
+                self._connection_failed(connection, describe_error(failure.value))
+            raise Unavailable(
+                f"the stored events could not be read: {describe_error(failure.value)}")
+
+        return connection.execute(
+            b"XRANGE", self._keys.events, b"%d-0" % first_id, b"%d-0" % last_id,
+            b"COUNT", limit).addCallbacks(entries, failed)
+
+    def _events_waiting(self) -> bool:
+        return self._events is not None and self._events.last_id > self._events_stored_through
+
+    async def _read_last_event_id(self, connection: RedisConnection) -> None:
+        """Number events on from the last stored one (on the first connection), and never
+        store an event again that Redis already has (a transaction whose reply was lost)."""
+        hub = self._events
+        assert hub is not None
+        reply = await connection.execute(b"XREVRANGE", self._keys.events, b"+", b"-",
+                                         b"COUNT", 1)
+        last = int(reply[0][0].split(b"-", 1)[0]) if reply else 0
+        if not hub.numbering_known:
+            if not hub.continue_after(last):
+                self.log.error("Events were published before the last stored event ID ({last})"
+                               " was read; their IDs may repeat stored ones", last=last)
+        elif last > hub.last_id:
+            self.log.error("The event stream {key} in Redis at {where} holds event {last}, "
+                           "beyond this daemon's newest event {newest}: does another daemon "
+                           "use prefix {prefix!r}?", key=_text(self._keys.events),
+                           where=self.where, last=last, newest=hub.last_id,
+                           prefix=self.prefix)
+        self._events_stored_through = max(self._events_stored_through, last)
+
+    async def _store_events(self, connection: RedisConnection, through: int) -> None:
+        """XADD the events up to ``through`` that are not stored yet, with their own IDs,
+        in bounded transactions; the last command of each trims the stream (``MAXLEN ~``)."""
+        hub = self._events
+        assert hub is not None
+        key = self._keys.events
+        lost = 0
+        while self._events_stored_through < through:
+            entries = hub.window_after(self._events_stored_through, self._max_batch_items)
+            if not entries or entries[0][0] > through:
+                lost += through - self._events_stored_through
+                self._events_stored_through = through
+                break
+            lost += entries[0][0] - self._events_stored_through - 1
+            commands: list[Command] = []
+            size = 0
+            last = 0
+            for event_id, line in entries:
+                if event_id > through or size >= self._max_batch_bytes:
+                    break
+                commands.append((b"XADD", key, b"%d-0" % event_id, b"data", line[:-1]))
+                size += len(line)
+                last = event_id
+            commands[-1] = (b"XADD", key, b"MAXLEN", b"~", hub.max_events, *commands[-1][2:])
+            await connection.transaction(commands)
+            self._events_stored_through = max(self._events_stored_through, last)
+        if lost:
+            self.log.warn("{count} run events left the replay window before they were stored "
+                          "in Redis; a reader replaying them from Redis gets a gap",
+                          count=lost)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -320,6 +429,11 @@ class RedisLogger(MemoryStore):
             finally:
                 if give_up.active():
                     give_up.cancel()
+        if self._events_waiting():
+            assert self._events is not None
+            self.log.warn("Closing the RedisLogger with {count} run events not stored in Redis "
+                          "at {where}", count=self._events.last_id - self._events_stored_through,
+                          where=self.where)
         unsaved = set(self._dirty).union(item for item, _ in self._unconfirmed)
         if unsaved:
             runs = len({run_id for run_id, _, _ in unsaved})
@@ -364,6 +478,8 @@ class RedisLogger(MemoryStore):
         try:
             if self._stored_runs is None:
                 self._stored_runs = await self._read_stored_summaries(connection)
+            if self._events is not None:
+                await self._read_last_event_id(connection)
         except CancelledError:
             connection.disconnect()
             return
@@ -399,7 +515,7 @@ class RedisLogger(MemoryStore):
             waiter.callback(None)
         if self._connection is not connection:
             return
-        if self._dirty:
+        if self._dirty or self._events_waiting():
             # The outage is over once the waiting changes are stored: Redis may accept the
             # connection and still refuse the writes.
             self._schedule_flush(0)
@@ -499,7 +615,9 @@ class RedisLogger(MemoryStore):
                                key=_text(self._keys.next_run_id), prefix=self.prefix)
                 raise Unavailable(f"cannot create a run: Redis allocated run ID {run_id}, "
                                   f"which is taken (see the daemon log)")
-            self._create_run(tag, parameters, now, run_id=run_id)
+            record = self._create_run(tag, parameters, now, run_id=run_id)
+            if self._emitting:
+                self._emit_run_created(record)
             self._mark((run_id, _RUN_CREATED, None))
             self._mark((run_id, _RUN_STATUS, None))
             return run_id
@@ -516,29 +634,31 @@ class RedisLogger(MemoryStore):
     def add_tasks(self, run_id: int, tasks: Iterable[TaskDef], now: float) -> None:
         first_index = len(self._run(run_id).tasks)
         added = self._add_tasks(run_id, tasks, now)
+        if self._emitting:
+            self._emit_tasks_added(run_id, added)
         for offset, (definition, _) in enumerate(added):
             self._mark((run_id, _TASK_ADDED, definition["name"]), first_index + offset)
         if added:
             self._mark((run_id, _RUN_STATUS, None))
 
     def record_run_state(self, run_id: int, state: State, now: float) -> None:
-        self._record_run_state(run_id, state, now)
+        super().record_run_state(run_id, state, now)
         self._mark((run_id, _RUN_STATUS, None))
 
     def record_task_state(self, run_id: int, task_name: str, state: State, now: float) -> None:
-        self._record_task_state(run_id, task_name, state, now)
+        super().record_task_state(run_id, task_name, state, now)
         self._mark((run_id, _TASK_STATE, task_name))
         self._mark((run_id, _RUN_STATUS, None))
 
     def record_attempt(self, run_id: int, task_name: str, attempt: Attempt) -> None:
         """Record an attempt, its outputs cut to ``max_stored_output_bytes`` each."""
-        self._record_attempt(run_id, task_name, self._limit_outputs(attempt))
+        super().record_attempt(run_id, task_name, self._limit_outputs(attempt))
         self._mark((run_id, _TASK_ATTEMPTS, task_name))
         self._mark((run_id, _RUN_STATUS, None))
 
     def record_executor_state(self, run_id: int, task_name: str, state: dict[str, Any],
                               now: float) -> None:
-        self._record_executor_state(run_id, task_name, state, now)
+        super().record_executor_state(run_id, task_name, state, now)
         self._mark((run_id, _TASK_EXECUTOR, task_name))
         self._mark((run_id, _RUN_STATUS, None))
 
@@ -598,7 +718,7 @@ class RedisLogger(MemoryStore):
     def _flush_due(self) -> None:
         self._flush_call = None
         connection = self._connection
-        if self._flushing or connection is None or not self._dirty:
+        if self._flushing or connection is None or not (self._dirty or self._events_waiting()):
             return
         self._flushing = True
         flushing = Deferred.fromCoroutine(self._flush_pass(connection))
@@ -608,6 +728,8 @@ class RedisLogger(MemoryStore):
     async def _flush_pass(self, connection: RedisConnection) -> None:
         """Write every dirty item, oldest mark first, in bounded transactions."""
         taken = self._writes
+        flush_started = self._reactor.seconds()
+        events_through = self._events.last_id if self._events is not None else 0
         items = list(self._dirty.items())
         self._dirty = {}
         position = batch_start = 0
@@ -618,6 +740,10 @@ class RedisLogger(MemoryStore):
                 commands, position = self._batch(items, position)
                 if commands:
                     await connection.transaction(commands)
+            batch_start = len(items)
+            self._unconfirmed = []
+            if events_through > self._events_stored_through:
+                await self._store_events(connection, events_through)
         except Exception as error:
             # What was not confirmed is written again, before anything marked since: the
             # commands set whole values, so repeating a transaction that did apply is
@@ -637,6 +763,8 @@ class RedisLogger(MemoryStore):
         self._flushing = False
         self._unconfirmed = []
         self._stored_writes = max(self._stored_writes, taken)
+        if self.observe_flush_seconds is not None:
+            self.observe_flush_seconds(self._reactor.seconds() - flush_started)
         self._outage_over()
         waiters = self._flush_waiters
         while waiters and waiters[0][0] <= self._stored_writes:

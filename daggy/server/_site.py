@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_api -*-
 """The twisted.web Site serving the API: request-body limit, idle and whole-request
 timeouts, a cap on open connections, no access log, and (when tokens are configured)
-bearer-token authentication."""
+bearer-token authentication.  With metrics it also serves C{GET /metrics} beside the API
+(behind the same authentication) and counts every answered request."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ from typing import TYPE_CHECKING, Any, Sequence
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 
 from daggy.jsonio import dumps_ascii_fallback
 from daggy.limits import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
+from daggy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, DaemonMetrics
 from daggy.server._json import json_body
 from daggy.server.auth import BearerTokenResource, BearerTokens
+from daggy.server.openapi import METRICS_PATH
 
 if TYPE_CHECKING:
     from daggy.server.api import DaggyAPI
+
+_METRICS_PATHS = ([b"metrics"], [b"metrics", b""])
+_METRICS_METHODS = (b"GET", b"HEAD")
+_METRICS_CONTENT_TYPE = METRICS_CONTENT_TYPE.encode("ascii")
 
 _REQUEST_TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
@@ -57,6 +66,10 @@ class _BoundedRequest(server.Request):
         site = getattr(self.channel, "site", None)
         if isinstance(site, DaggySite):
             site.received(self)
+            if self.startedWriting and not self.finished:
+                # An answer the client left before its end (an event stream, as a rule):
+                # twisted.web logs only finished requests, so it is counted here.
+                site.log(self)
         super().connectionLost(reason)
 
     def gotLength(self, length: int | None) -> None:
@@ -105,6 +118,45 @@ class _BoundedRequest(server.Request):
         self.finish()
 
 
+class MetricsResource(Resource):
+    """C{GET /metrics}: the daemon's metrics in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: DaemonMetrics):
+        super().__init__()
+        self._metrics = metrics
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method not in _METRICS_METHODS:
+            method = request.method.decode("ascii", "replace")
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return json_body(request, {"error": f"method {method} not allowed on "
+                                                f"{METRICS_PATH}; allowed: GET, HEAD"}, 405)
+        request.setHeader(b"Content-Type", _METRICS_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._metrics.exposition()
+
+
+class _SiteRoot(Resource):
+    """The Site's root with metrics: C{/metrics}, else the API.
+
+    A leaf, like the API's Klein resource, so the API still sees (and routes) the whole
+    path."""
+
+    isLeaf = True
+
+    def __init__(self, api: Any, metrics: MetricsResource):
+        super().__init__()
+        self._api = api
+        self._metrics = metrics
+
+    def render(self, request: IRequest) -> Any:
+        if request.postpath in _METRICS_PATHS:
+            return self._metrics.render(request)
+        return self._api.render(request)
+
+
 class DaggySite(server.Site):
     """A Site that refuses large bodies, slow requests and connections beyond a cap, and
     writes no access log.
@@ -113,7 +165,9 @@ class DaggySite(server.Site):
     clients would drown its own log in them, and even a filtered-out debug event cost a
     sixth of the time of answering a ``/state`` poll.
 
-    With C{bearer_tokens} it serves C{resource} through a L{BearerTokenResource}.
+    With C{bearer_tokens} it serves C{resource} through a L{BearerTokenResource}.  With
+    C{metrics} it serves them at C{/metrics} beside C{resource} and counts each answered
+    request in them (by method, route template and status: see L{log}).
     """
 
     log_events = Logger()
@@ -121,7 +175,10 @@ class DaggySite(server.Site):
     def __init__(self, resource: Any, max_request_bytes: int, *, timeout: float,
                  reactor: Any, bearer_tokens: BearerTokens | None = None,
                  request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 metrics: DaemonMetrics | None = None):
+        if metrics is not None:
+            resource = _SiteRoot(resource, MetricsResource(metrics))
         if bearer_tokens is not None:
             resource = BearerTokenResource(resource, bearer_tokens)
         super().__init__(resource, requestFactory=_BoundedRequest,
@@ -132,6 +189,8 @@ class DaggySite(server.Site):
         self.bearer_tokens = bearer_tokens
         self.request_timeout = request_timeout
         self.max_connections = max_connections
+        self.metrics = metrics
+        self._count_request = None if metrics is None else metrics.count_request
         self.open_connections = 0
         self.refused_connections = 0
         # Requests still arriving -> when their first line came.  Insertion order is
@@ -160,6 +219,9 @@ class DaggySite(server.Site):
                 if transport is not None:
                     transport.write(_REQUEST_TIMEOUT_ANSWER % (len(body), body))
                     transport.loseConnection()
+                if self._count_request is not None:
+                    # Its method and path are not known yet: counted as route "other".
+                    self._count_request(b"", b"", 408)
         except Exception:
             self.log_events.failure("answering slow requests failed")
 
@@ -198,14 +260,19 @@ class DaggySite(server.Site):
             self._sweep.stop()
 
     def log(self, request: server.Request) -> None:
-        """No access log (see the class docstring)."""
+        """No access log (see the class docstring); with metrics, count the request.
+
+        twisted.web calls this once per request, as it finishes."""
+        if self._count_request is not None:
+            self._count_request(request.method, request.path, request.code)
 
 
 def make_site(api: "DaggyAPI", max_request_bytes: int, *,
               timeout: float = IDLE_TIMEOUT_SECONDS, reactor: Any = None,
               request_timeout: float = REQUEST_TIMEOUT_SECONDS,
               max_connections: int = DEFAULT_MAX_CONNECTIONS,
-              auth_tokens: Sequence[str] = ()) -> DaggySite:
+              auth_tokens: Sequence[str] = (),
+              metrics: DaemonMetrics | None = None) -> DaggySite:
     """Build the Site serving C{api}.
 
     @param max_request_bytes: larger request bodies are answered with 413.
@@ -214,6 +281,8 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
         API's clock.
     @param auth_tokens: when not empty, every request but C{GET}/C{HEAD /ready} needs
         C{Authorization: Bearer <one of them>} (see L{BearerTokenResource}).
+    @param metrics: a L{daggy.metrics.DaemonMetrics} to serve at C{/metrics} and to count
+        requests in; without it there is no C{/metrics}.
     @raise ValueError: a negative limit, or a token that L{BearerTokens} rejects.
     """
     if max_request_bytes < 0:
@@ -221,4 +290,5 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
     return DaggySite(api.resource(), max_request_bytes, timeout=timeout,
                      reactor=api.clock if reactor is None else reactor,
                      bearer_tokens=BearerTokens(auth_tokens) if auth_tokens else None,
-                     request_timeout=request_timeout, max_connections=max_connections)
+                     request_timeout=request_timeout, max_connections=max_connections,
+                     metrics=metrics)

@@ -24,11 +24,20 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import BadHost, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter
 
 from daggy._collector import collector_paused
-from daggy.errors import BadRequest, DaggyError, SpecInvalid, UnknownRun, json_type_name
+from daggy.errors import (
+    BadRequest,
+    DaggyError,
+    SpecInvalid,
+    Unavailable,
+    UnknownRun,
+    json_type_name,
+)
 from daggy.jsonio import loads_like_stdlib
 from daggy.model import State
 from daggy.server._json import JSON_CONTENT_TYPE, json_body
@@ -173,6 +182,77 @@ def _unquote_segment(raw: bytes, what: str) -> str:
         raise BadRequest(f"{what}: not UTF-8 after percent-decoding") from None
 
 
+def _parse_event_id(raw: str, what: str) -> int | None:
+    """An event ID a client sent back (C{Last-Event-ID}); None when it is empty."""
+    text = raw.strip(" \t")
+    if not text:
+        return None
+    if not _RUN_ID.fullmatch(text) or len(text.lstrip("0")) > _MAX_RUN_ID_DIGITS:
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise BadRequest(f"{what}: expected an event ID (a non-negative integer), got "
+                         f"{shown!r}")
+    return int(text)
+
+
+def _last_event_id(request: IRequest) -> int | None:
+    """The C{Last-Event-ID} header, else the C{lastEventID} query parameter: a browser's
+    EventSource reconnects to the same URL with the header, which is the newer of the two."""
+    header = request.getHeader(b"last-event-id")
+    if header is not None:
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("Last-Event-ID: not UTF-8") from None
+        parsed = _parse_event_id(text, "Last-Event-ID")
+        if parsed is not None:
+            return parsed
+    query = _query_value(request, "lastEventID")
+    return None if query is None else _parse_event_id(query, "lastEventID")
+
+
+class _ResponseSink:
+    """An L{daggy.events.EventSink} writing to an HTTP response."""
+
+    def __init__(self, request: IRequest):
+        self._request = request
+
+    def write(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def finish(self) -> None:
+        request = self._request
+        if not request.finished and not request._disconnected:
+            request.unregisterProducer()
+            request.finish()
+
+    def abort(self) -> None:
+        channel = self._request.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()
+
+
+class _EventStream(Resource):
+    """The answer of C{GET /v1/events}: a subscription's Server-Sent Events stream."""
+
+    isLeaf = True
+
+    def __init__(self, subscription: Any):
+        super().__init__()
+        self._subscription = subscription
+
+    def render(self, request: IRequest) -> Any:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        # Proxies such as nginx would otherwise hold events back to fill their buffers.
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        # The transport pauses the subscription while its buffer is full (a slow reader).
+        request.registerProducer(self._subscription, True)
+        # The headers now, so that the client knows the stream is open before any event.
+        request.write(b"")
+        return NOT_DONE_YET
+
+
 def _task_path(request: IRequest, run_id: str) -> tuple[str, list[str]]:
     """Split a raw C{/v1/dagrun/<id>/task/<name>[/...]} path into (name, trailing segments).
 
@@ -241,6 +321,8 @@ class DaggyAPI:
     @param executor_name: the executor the runner uses (C{"ForkingTaskExecutor"}, ...), so
         that the OpenAPI document describes its job format; without it the document allows
         any job object.
+    @param events: the L{daggy.events.EventHub} C{GET /v1/events} streams; by default the
+        one the logger publishes to (its C{events} attribute), if any.
     """
 
     log = Logger()
@@ -252,11 +334,12 @@ class DaggyAPI:
     app.url_map.merge_slashes = False
 
     def __init__(self, runner: Any, logger: Any, clock: Any, *,
-                 executor_name: str | None = None):
+                 executor_name: str | None = None, events: Any = None):
         self._runner = runner
         self._logger = logger
         self._clock = clock
         self._executor_name = executor_name
+        self._events = events
         self._openapi_json: bytes | None = None
 
     @property
@@ -421,6 +504,27 @@ class DaggyAPI:
         else:
             await maybeDeferred(self._runner.kill_run, number)
         return json_body(request, {"runID": number, "state": state.value})
+
+    @app.route("/v1/events", methods=["GET"])
+    async def stream_events(self, request: IRequest) -> Any:
+        hub = self._events if self._events is not None else getattr(self._logger, "events",
+                                                                    None)
+        run_text = _query_value(request, "run")
+        run_id = None
+        if run_text is not None:
+            run_id = _parse_run_id(run_text)
+            await self._logger.get_run_state(run_id)  # UnknownRun: 404
+        last_event_id = _last_event_id(request)
+        if hub is None:
+            raise Unavailable("this daggyd publishes no events: its run logger does not "
+                              "support them")
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return b""
+        subscription = hub.subscribe(_ResponseSink(request), run_id, last_event_id)
+        request.notifyFinish().addBoth(lambda _: subscription.close())
+        return _EventStream(subscription)
 
     @app.route("/v1/dagrun/<run_id>/task/<remainder:rest>", methods=["GET"])
     async def get_task(self, request: IRequest, run_id: str, rest: str) -> bytes:

@@ -22,10 +22,22 @@ from daggy.executors import _slurm_commands as slurm_commands
 from daggy.model import State
 from daggy.spec.expand import PARAMETER_NAME
 
-__all__ = ["OPENAPI_PATH", "JOB_SCHEMAS", "build_openapi_document", "run_spec_json_schema"]
+__all__ = ["OPENAPI_PATH", "METRICS_PATH", "SITE_PATHS", "JOB_SCHEMAS",
+           "build_openapi_document", "run_spec_json_schema"]
 
 #: Where daggyd serves the document.
 OPENAPI_PATH = "/v1/openapi.json"
+#: Where daggyd serves its Prometheus metrics: a path of the Site, beside the Klein routes.
+METRICS_PATH = "/metrics"
+#: The documented paths the Site serves itself rather than through a Klein route.
+SITE_PATHS = (METRICS_PATH,)
+#: The media type of the metrics (the Prometheus text exposition format).
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+
+#: Where daggyd streams its run events (Server-Sent Events), and their media type.
+EVENTS_PATH = "/v1/events"
+EVENTS_MEDIA_TYPE = "text/event-stream"
+_EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,19}$"}
 
 #: The executor a daemon config names -> the component schema of its jobs.
 JOB_SCHEMAS = {
@@ -494,6 +506,42 @@ def _paths() -> dict[str, Any]:
             "summary": "This document",
             "responses": {"200": _ok("The OpenAPI document.", "OpenAPIDocument"),
                           **_use("Unauthorized")},
+        }},
+        METRICS_PATH: {"get": {
+            "operationId": "getMetrics", "tags": ["daemon"],
+            "summary": "Prometheus metrics (docs/metrics.md lists them)",
+            "responses": {
+                "200": {"description": "Every metric in the Prometheus text exposition "
+                                       "format.",
+                        "content": {METRICS_MEDIA_TYPE: {"schema": {"type": "string"}}}},
+                **_use("Unauthorized"),
+            },
+        }},
+        EVENTS_PATH: {"get": {
+            "operationId": "streamEvents", "tags": ["runs"],
+            "summary": "Server-Sent Events: every event the run logger records (the "
+                       "OStreamLogger's objects), numbered; reconnect with Last-Event-ID "
+                       "(docs/api.md#event-stream)",
+            "parameters": [
+                {"name": "run", "in": "query", "required": False, "schema": _RUN_ID,
+                 "description": "Only this run's events (an unknown run is 404)."},
+                {"name": "lastEventID", "in": "query", "required": False,
+                 "schema": _EVENT_ID,
+                 "description": "Send the retained events after this ID first (the "
+                                "Last-Event-ID header wins over it)."},
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": _EVENT_ID,
+                 "description": "The ID of the last event the client has: the retained "
+                                "events after it come first, after a `gap` event if some "
+                                "were not kept."},
+            ],
+            "responses": {
+                "200": {"description": "An endless text/event-stream: `id`, `event` and "
+                                       "one `data` line (JSON) per event, `: keep-alive` "
+                                       "every 15 s of silence.",
+                        "content": {EVENTS_MEDIA_TYPE: {"schema": {"type": "string"}}}},
+                **_use("BadRequest", "Unauthorized", "NotFound", "Unavailable"),
+            },
         }},
         "/v1/dagrun": {"post": {
             "operationId": "submitRun", "tags": ["runs"],

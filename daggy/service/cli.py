@@ -32,6 +32,7 @@ from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
 
 import daggy
 from daggy.service.config import ConfigError
+from daggy.service.logformat import LOG_FORMATS, json_log_observer
 
 _log = Logger()
 
@@ -60,9 +61,15 @@ def stderr_log_observer() -> ILogObserver:
     )
 
 
+def stderr_json_log_observer() -> ILogObserver:
+    """Like :func:`stderr_log_observer`, as JSON lines (``--log-format json``)."""
+    return json_log_observer(sys.stderr)
+
+
 class DaggydOptions(usage.Options):
     synopsis = (
-        "Usage: daggyd [-d] [--config FILE] [--pidfile FILE] [--logfile FILE] [--umask MASK]"
+        "Usage: daggyd [-d] [--config FILE] [--pidfile FILE] [--logfile FILE] [--umask MASK] "
+        "[--log-format text|json]"
     )
     longdesc = (
         "Run daggyd, the DAG work-orchestration daemon.  By default it runs in the "
@@ -110,6 +117,13 @@ class DaggydOptions(usage.Options):
             "File creation mask (octal, e.g. 022), inherited by tasks too.  Default: 077 "
             "with -d; unchanged in the foreground.",
         ],
+        [
+            "log-format",
+            None,
+            None,
+            "The daemon's own log: text, or json (one JSON object per line, with run_id "
+            "and task fields).  Default: the config's log-format, else text.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -126,6 +140,10 @@ class DaggydOptions(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        log_format = self["log-format"]
+        if log_format is not None and log_format not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format: must be one of {', '.join(LOG_FORMATS)} "
+                                   f"(got {log_format!r})")
         if self["daemon"]:
             if self["pidfile"] is None:
                 self["pidfile"] = DEFAULT_PIDFILE
@@ -146,6 +164,10 @@ class DaggydOptions(usage.Options):
         arguments.append(DAGGYD_SERVICE_MAKER.tapname)
         if self["config"] is not None:
             arguments += ["--config", self["config"]]
+        if self["log-format"] is not None:
+            # The daggyd subcommand picks the observer (daggy.service.tap), since the
+            # config file can choose the format too.
+            arguments += ["--log-format", self["log-format"]]
         return arguments
 
 

@@ -14,16 +14,23 @@ that uses neither imports none of it.  A token never appears in a message, nor i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import yaml
-
+from daggy._documents import (
+    DocumentErrors,
+    load_document,
+    load_json,
+    load_yaml,
+    unique_key_loader,
+)
 from daggy.errors import json_type_name
 from daggy.limits import (
     DEFAULT_MAX_CONNECTIONS,
+    EVENT_READER_STALL_SECONDS,
+    EVENT_WINDOW_BYTES,
+    EVENT_WINDOW_EVENTS,
     IDLE_TIMEOUT_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
     RunLimits,
@@ -40,6 +47,7 @@ from daggy.service.registry import (
     bounded_integer,
     bounded_number,
     listen_address,
+    one_of,
     optional_non_empty_string,
     port_number,
     positive_integer,
@@ -89,6 +97,12 @@ _SCALAR_SETTINGS: dict[str, Setting] = {
     "max-connections": Setting(DEFAULT_MAX_CONNECTIONS, positive_integer),
     "request-timeout-seconds": Setting(REQUEST_TIMEOUT_SECONDS, bounded_number(3600)),
     "idle-timeout-seconds": Setting(IDLE_TIMEOUT_SECONDS, bounded_number(86400)),
+    # daggyd's own log: text lines, or JSON lines (daggy/service/logformat.py).
+    "log-format": Setting("text", one_of("text", "json")),
+    # The replay window of GET /v1/events and its stalled-reader cut-off (daggy/events.py).
+    "event-window-events": Setting(EVENT_WINDOW_EVENTS, bounded_integer(1, 100_000_000)),
+    "event-window-bytes": Setting(EVENT_WINDOW_BYTES, bounded_integer(1, 1 << 40)),
+    "event-reader-stall-seconds": Setting(EVENT_READER_STALL_SECONDS, bounded_number(86400)),
 }
 _COMPONENT_KEYS = ("logger", "executor")
 _TOP_LEVEL_KEYS = sorted([*_SCALAR_SETTINGS, *_COMPONENT_KEYS])
@@ -138,6 +152,13 @@ class DaemonConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
     idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS
+    #: daggyd's own log: ``"text"`` or ``"json"`` (``--log-format`` overrides it).
+    log_format: str = "text"
+    #: The replay window of ``GET /v1/events``: most events and bytes of JSON kept.
+    event_window_events: int = EVENT_WINDOW_EVENTS
+    event_window_bytes: int = EVENT_WINDOW_BYTES
+    #: How long an event stream's connection may take nothing before it is dropped.
+    event_reader_stall_seconds: float = EVENT_READER_STALL_SECONDS
 
     @property
     def authenticated(self) -> bool:
@@ -191,20 +212,10 @@ def read_document(path: str | Path) -> Any:
     except UnicodeDecodeError as error:
         raise ConfigError(source, [f"not UTF-8 text (bad byte at offset {error.start})"]) from None
 
-    suffix = Path(path).suffix.lower()
-    if suffix == ".json":
-        parsers = [_parse_json]
-    elif suffix in (".yaml", ".yml"):
-        parsers = [_parse_yaml]
-    else:
-        parsers = [_parse_json, _parse_yaml]
-    problems = []
-    for parse in parsers:
-        try:
-            return parse(text)
-        except _ParseError as error:
-            problems.append(str(error))
-    raise ConfigError(source, problems)
+    try:
+        return load_document(text, source, _parse_json, _parse_yaml)
+    except DocumentErrors as error:
+        raise ConfigError(source, error.problems) from None
 
 
 def validate_config(
@@ -268,6 +279,10 @@ def validate_config(
         max_connections=values["max-connections"],
         request_timeout_seconds=values["request-timeout-seconds"],
         idle_timeout_seconds=values["idle-timeout-seconds"],
+        log_format=values["log-format"],
+        event_window_events=values["event-window-events"],
+        event_window_bytes=values["event-window-bytes"],
+        event_reader_stall_seconds=values["event-reader-stall-seconds"],
     )
 
 
@@ -413,71 +428,13 @@ def _choose_component(
 # -- parsing ---------------------------------------------------------------------------------
 
 
-class _ParseError(Exception):
-    """The text is not valid in one format; ``str()`` is one line."""
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Both JSON and YAML libraries silently keep the last of two equal keys; in a config file
-    # that hides a mistake, so it is an error here.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
+# Keys shown as the user wrote them (JSON spelling), as in every other config message.
+_ConfigLoader = unique_key_loader(shown)
 
 
 def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_unique_object)
-    except json.JSONDecodeError as error:
-        raise _ParseError(
-            f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
-        ) from None
-    except _DuplicateKey as error:
-        raise _ParseError(f"invalid JSON: duplicate key {shown(error.args[0])}") from None
-
-
-class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a mapping with the same key twice."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Iterator[dict]:
-    seen = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable; construct_mapping reports it
-            continue
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {shown(key)}", key_node.start_mark
-            )
-        seen.add(key)
-    # Same two-step shape as SafeConstructor.construct_yaml_map, so aliases still resolve.
-    data: dict = {}
-    yield data
-    data.update(loader.construct_mapping(node))
-
-
-_UniqueKeySafeLoader.add_constructor("tag:yaml.org,2002:map", _construct_unique_mapping)
+    return load_json(text, show_key=shown)
 
 
 def _parse_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeySafeLoader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(error.problem or error.context or "syntax error").split())
-        raise _ParseError(f"invalid YAML{where}: {problem}") from None
-    except yaml.YAMLError as error:
-        raise _ParseError(f"invalid YAML: {' '.join(str(error).split())}") from None
+    return load_yaml(text, _ConfigLoader)

@@ -23,7 +23,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from daggy.service.config import ConfigError, DaemonConfig
 from daggy.service.signals import install_sighup
@@ -56,10 +56,21 @@ class DaggyService(MultiService):
 
     log = Logger()
 
+    #: The log observer of the twistd application this service is added to (JSON logs,
+    #: see daggy.service.tap); None leaves the choice to twistd.
+    log_observer: ILogObserver | None = None
+
     def __init__(self, reactor: Any = None):
         super().__init__()
         self._reactor = reactor
         self._uninstall_sighup: Any = lambda: None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            # twistd logs through its application's ILogObserver component when no
+            # --logger is given.
+            parent.setComponent(ILogObserver, self.log_observer)
 
     def startService(self) -> None:
         tune_garbage_collector()
@@ -112,6 +123,20 @@ class LoggerService(Service):
             lambda failure: self.log.failure("Closing the run logger failed", failure)
         )
         return closing
+
+
+class EventsService(Service):
+    """Owns the event hub of ``GET /v1/events``: when the daemon stops, after the runner
+    and the logger, it sends each open stream what it has not had yet and ends it."""
+
+    name = "events"
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.hub.close()
 
 
 class RunnerService(Service):
@@ -225,13 +250,16 @@ def build_service(
 
     ``web-threads`` sizes the reactor's thread pool and ``dag-threads`` caps the DAG runs
     executing at once; docs/config.md explains both.  The API listens on ``listen`` (or
-    ``ip:port``) and requires a bearer token when the config has any (docs/security.md).
+    ``ip:port``) and requires a bearer token when the config has any (docs/security.md);
+    ``/metrics`` is served beside it (docs/metrics.md).
 
     :param registry: the loggers and executors the config's names refer to.
     :raises ConfigError: a logger or executor cannot be created (e.g. a file cannot be opened).
     """
     # Imported here, not at module level, so that `twistd daggyd --help` and config
     # validation do not import klein and the web stack.
+    from daggy.events import EventHub
+    from daggy.metrics import DaemonMetrics
     from daggy.runner import RunManager
     from daggy.server.api import DaggyAPI, make_site
 
@@ -240,16 +268,31 @@ def build_service(
     reactor.suggestThreadPoolSize(config.web_threads)
     logger = _build_component(config, "logger", registry.loggers, reactor)
     executor = _build_component(config, "executor", registry.executors, reactor)
+    events = None
+    if hasattr(logger, "publish_to"):  # a logger of the RunLogger protocol alone has none
+        events = EventHub(reactor, max_events=config.event_window_events,
+                          max_bytes=config.event_window_bytes,
+                          max_paused_seconds=config.event_reader_stall_seconds)
+        # Before the first write, so that every event is numbered and kept.
+        logger.publish_to(events)
+    metrics = DaemonMetrics()
     runner = RunManager(reactor, executor, logger, max_active_runs=config.dag_threads,
-                        limits=config.run_limits)
-    api = DaggyAPI(runner, logger, reactor, executor_name=config.executor.name)
+                        limits=config.run_limits, metrics=metrics)
+    metrics.watch(runner=runner, executor=executor, logger=logger,
+                  executor_name=config.executor.name, logger_name=config.logger.name)
+    api = DaggyAPI(runner, logger, reactor, executor_name=config.executor.name,
+                   events=events)
     site = make_site(api, config.max_request_bytes,
                      auth_tokens=config.auth_tokens,
                      timeout=config.idle_timeout_seconds,
                      request_timeout=config.request_timeout_seconds,
-                     max_connections=config.max_connections)
+                     max_connections=config.max_connections,
+                     metrics=metrics)
 
     daemon = DaggyService(reactor)
+    if events is not None:
+        # First, so that it stops last: streams get the final events of the stopping runs.
+        EventsService(events).setServiceParent(daemon)
     LoggerService(logger).setServiceParent(daemon)
     RunnerService(runner, logger).setServiceParent(daemon)
     # Added last so that it is the first to stop: no new requests while the runner drains.

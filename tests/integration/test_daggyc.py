@@ -154,6 +154,27 @@ def test_logs_of_a_retried_task_by_attempt(daemon, tmp_path):
     assert row.split()[:4] == ["flaky", "COMPLETED", "2", "(1"]
 
 
+def test_follow_reads_the_event_stream_not_polls(daemons, tmp_path):
+    """follow of a run that takes a few seconds reads GET /v1/events (one stream, counted in
+    the daemon's /metrics) instead of polling the run every half second."""
+    from test_metrics import by_label, scrape
+
+    own = daemons("daggyd", executor="ForkingTaskExecutor")
+    spec = write_spec(tmp_path, "slow.yaml", """\
+tasks:
+  first: {job: {command: [sleep, "1.5"]}}
+  second: {job: {command: [sleep, "1.5"]}, parents: [first]}
+""")
+    result = run(own, "submit", str(spec), "--follow")
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = scrape(own.port)
+    assert by_label(samples, "daggy_http_requests_total", "code", route="/v1/events") == {
+        "200": 1}
+    polls = by_label(samples, "daggy_http_requests_total", "route", method="GET")
+    # Polling would have fetched the run about six times in three seconds.
+    assert polls.get("/v1/dagrun/{runID}", 0) + polls.get("/v1/dagrun/{runID}/state", 0) <= 3
+
+
 def test_kill_then_resume(daemon, tmp_path):
     """kill ends a running run KILLED (killing it again is refused, exit 1); resume
     queues it again and it completes."""

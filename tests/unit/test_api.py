@@ -800,3 +800,237 @@ def test_make_site_rejects_negative_limit(harness):
     """A negative body limit is a programming error caught when the Site is made."""
     with pytest.raises(ValueError):
         make_site(harness.api, -1)
+
+
+# -- GET /v1/events (Server-Sent Events) -------------------------------------------------------
+
+from daggy.events import DEFAULT_MAX_PAUSED_SECONDS, EventHub  # noqa: E402
+from daggy.model import iso8601  # noqa: E402
+
+
+@pytest.fixture
+def sse():
+    """A Site over a MemoryStore that publishes to an EventHub (found by the API through
+    the logger), and the connections a test opens on it."""
+    harness = Harness()
+    harness.hub = EventHub(harness.clock)
+    harness.store.publish_to(harness.hub)
+    harness.site = make_site(harness.api, max_request_bytes=64)
+    yield harness
+    assert harness.clock.getDelayedCalls() == []
+
+
+def open_stream(site, target: bytes = b"/v1/events", headers: bytes = b""):
+    """A Connection that sent C{GET target}; (connection, status, headers, body so far)."""
+    connection = Connection(site)
+    connection.protocol.dataReceived(
+        b"GET " + target + b" HTTP/1.1\r\nHost: daggy.test\r\n" + headers + b"\r\n")
+    head, _, rest = connection.transport.value().partition(b"\r\n\r\n")
+    connection.transport.clear()
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    answer_headers = {name.lower(): value.strip() for name, _, value in
+                      (line.partition(":") for line in header_lines)}
+    return connection, int(status_line.split()[1]), answer_headers, rest
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body bytes of complete chunks in C{data} (the stream never ends)."""
+    body = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        body += data[:size]
+        data = data[size + 2:]
+    return body
+
+
+def stream_messages(connection) -> list[dict]:
+    """The SSE messages written to C{connection} since the last call: each a dict of its
+    fields, C{data} decoded from JSON."""
+    body = dechunk(connection.transport.value())
+    connection.transport.clear()
+    assert body.endswith(b"\n\n") or not body
+    messages = []
+    for block in body.decode("utf-8").split("\n\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        fields["data"] = json.loads(fields["data"])
+        messages.append(fields)
+    return messages
+
+
+def test_events_stream_is_server_sent_events_of_the_logger_events(sse):
+    """GET /v1/events answers 200 text/event-stream (not cached, chunked) at once, then each
+    event the logger records as an id/event/data message with the OStreamLogger object."""
+    connection, status, headers, body = open_stream(sse.site)
+    assert status == 200
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-store"
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == b""
+    run_id = sse.add_run(tasks=("a",))
+    sse.clock.advance(0)
+    messages = stream_messages(connection)
+    assert [(m["id"], m["event"]) for m in messages] == [
+        ("1", "runCreated"), ("2", "taskAdded"), ("3", "runState")]
+    assert messages[2]["data"] == {"time": iso8601(101.0), "event": "runState",
+                                   "runID": run_id, "state": "RUNNING"}
+    assert messages[1]["data"]["definition"]["name"] == "a"
+    connection.close()
+    assert sse.hub.subscriptions == 0
+
+
+def test_events_of_one_run(sse):
+    """?run=N streams only run N's events."""
+    first = sse.add_run()
+    connection, status, _, _ = open_stream(sse.site, b"/v1/events?run=%d" % first)
+    assert status == 200
+    second = sse.add_run()
+    sse.store.record_run_state(first, State.COMPLETED, 102.0)
+    sse.clock.advance(0)
+    messages = stream_messages(connection)
+    assert [(m["data"]["runID"], m["event"], m["data"]["state"]) for m in messages] == [
+        (first, "runState", "COMPLETED")]
+    assert second != first
+    connection.close()
+
+
+@pytest.mark.parametrize("query, status, error", [
+    (b"run=7", 404, "no such run: 7"),
+    (b"run=seven", 404, "no such run: seven"),
+    (b"run=1&run=2", 400, "run: give at most one value"),
+    (b"lastEventID=-1", 400, "lastEventID: expected an event ID (a non-negative integer), "
+                             "got '-1'"),
+    (b"lastEventID=" + b"9" * 30, 400, "lastEventID: expected an event ID (a non-negative "
+                                       "integer), got '" + "9" * 30 + "'"),
+])
+def test_bad_events_query_is_a_json_error_before_streaming(sse, query, status, error):
+    """An unknown or malformed run ID, or a bad lastEventID, is a JSON 4xx naming it; no
+    stream is opened."""
+    connection = Connection(sse.site)
+    [(code, headers, body)] = connection.send(
+        b"GET /v1/events?" + query + b" HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    assert (code, headers["content-type"], json.loads(body)) == (
+        status, "application/json", {"error": error})
+    assert sse.hub.subscriptions == 0
+    connection.close()
+
+
+def test_bad_last_event_id_header_is_400(sse):
+    """A Last-Event-ID header that is not an event ID is a 400 naming the header."""
+    connection = Connection(sse.site)
+    [(code, _, body)] = connection.send(b"GET /v1/events HTTP/1.1\r\nHost: daggy.test\r\n"
+                                        b"Last-Event-ID: abc\r\n\r\n")
+    assert (code, json.loads(body)) == (400, {
+        "error": "Last-Event-ID: expected an event ID (a non-negative integer), got 'abc'"})
+    connection.close()
+
+
+@pytest.mark.parametrize("headers, query, expected", [
+    (b"Last-Event-ID: 1\r\n", b"", [2, 3, 4]),
+    (b"", b"?lastEventID=2", [3, 4]),
+    # An EventSource reconnects to the same URL with the header: the header is newer.
+    (b"Last-Event-ID: 3\r\n", b"?lastEventID=1", [4]),
+    (b"Last-Event-ID: \r\n", b"?lastEventID=1", [2, 3, 4]),
+])
+def test_reconnecting_with_last_event_id_replays_what_was_missed(sse, headers, query, expected):
+    """The Last-Event-ID header (else lastEventID) gets every retained later event first."""
+    sse.add_run(tasks=("a",))
+    sse.store.record_run_state(0, State.COMPLETED, 102.0)
+    connection, status, _, _ = open_stream(sse.site, b"/v1/events" + query, headers)
+    assert status == 200
+    sse.clock.advance(0)
+    assert [int(m["id"]) for m in stream_messages(connection)] == expected
+    connection.close()
+
+
+def test_a_keep_alive_comment_every_15_seconds_of_silence_and_no_idle_timeout(sse):
+    """An idle stream gets ': keep-alive' every 15 s and outlives the Site's idle timeout."""
+    connection, _, _, _ = open_stream(sse.site)
+    for _ in range(int(IDLE_TIMEOUT_SECONDS // 15) + 2):
+        sse.clock.advance(15)
+        assert dechunk(connection.transport.value()) == b": keep-alive\n\n"
+        connection.transport.clear()
+    assert not connection.transport.disconnecting
+    connection.close()
+
+
+def test_a_reader_that_stops_reading_is_disconnected(sse):
+    """When the transport's buffer stays full (the channel pauses the stream) the daemon
+    writes nothing more to it, however many events come, and drops the connection once it
+    has taken nothing for max_paused_seconds."""
+    connection, _, _, _ = open_stream(sse.site)
+    connection.transport.producer.pauseProducing()  # what a full transport buffer does
+    run_id = sse.add_run(tasks=())
+    for second in range(int(DEFAULT_MAX_PAUSED_SECONDS) - 1):
+        sse.store.add_tasks(run_id, [TaskDef(f"t{second}_{n}", "pull", {"pad": "x" * 1000})
+                                     for n in range(100)], 102.0)
+        sse.clock.advance(1)
+        assert connection.transport.value() == b""
+    assert not connection.transport.disconnecting
+    sse.clock.advance(1)
+    assert connection.transport.disconnected  # aborted
+    assert sse.hub.subscriptions == 0
+    connection.close()
+
+
+def test_a_reader_that_resumes_gets_what_it_missed(sse):
+    """A pause within the limit loses nothing: on resume every event follows in order."""
+    connection, _, _, _ = open_stream(sse.site)
+    connection.transport.producer.pauseProducing()
+    sse.add_run(tasks=("a", "b"))
+    sse.clock.advance(0)
+    assert connection.transport.value() == b""
+    connection.transport.producer.resumeProducing()
+    sse.clock.advance(0)
+    assert [int(m["id"]) for m in stream_messages(connection)] == [1, 2, 3, 4]
+    connection.close()
+
+
+def test_a_client_that_goes_away_is_forgotten(sse):
+    """Closing the connection ends the subscription; later events cost it nothing."""
+    connection, _, _, _ = open_stream(sse.site)
+    assert sse.hub.subscriptions == 1
+    connection.close()
+    assert sse.hub.subscriptions == 0
+    sse.add_run()
+    sse.clock.advance(0)
+    assert connection.transport.value() == b""
+
+
+def test_head_events_answers_the_headers_only(sse):
+    """HEAD /v1/events answers 200 with the stream's content type and no stream."""
+    response, body = sse.request("HEAD", "/v1/events")
+    assert (response.code, body) == (200, b"")
+    assert response.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    assert sse.hub.subscriptions == 0
+
+
+def test_events_without_a_hub_is_503(harness):
+    """A daemon whose logger publishes no events answers /v1/events with a JSON 503."""
+    answer = harness.json("GET", "/v1/events", expect=503)
+    assert "publishes no events" in answer["error"]
+
+
+def test_events_before_the_numbering_is_known_is_503(sse):
+    """While a durable logger has not said where the event IDs go on, the stream is 503."""
+    hub = EventHub(sse.clock)
+    hub.defer_numbering()
+    api = DaggyAPI(sse.runner, sse.store, sse.clock, events=hub)
+    connection = Connection(make_site(api, max_request_bytes=64))
+    [(code, _, body)] = connection.send(b"GET /v1/events HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    assert code == 503 and "event stream starts" in json.loads(body)["error"]
+    connection.close()
+
+
+def test_events_need_the_bearer_token_when_auth_is_on(sse):
+    """With bearer tokens configured, /v1/events is 401 without one and streams with one."""
+    token = "a-test-token-that-is-long-enough-0123456789"
+    site = make_site(sse.api, max_request_bytes=64, auth_tokens=[token])
+    connection = Connection(site)
+    [(code, _, _)] = connection.send(b"GET /v1/events HTTP/1.1\r\nHost: daggy.test\r\n\r\n")
+    assert code == 401
+    connection.close()
+    connection, status, _, _ = open_stream(
+        site, headers=b"Authorization: Bearer " + token.encode() + b"\r\n")
+    assert status == 200
+    connection.close()

@@ -171,3 +171,113 @@ def test_cannot_listen_names_the_address(interface, port, shown):
     """The port-in-use message names a TCP address (bracketing IPv6) or a socket path."""
     error = CannotListenError(interface, port, OSError(98, "Address already in use"))
     assert cli._listen_address(error) == shown
+
+
+# -- --log-format --------------------------------------------------------------------------
+
+
+def server_options_for(*argv: str) -> cli.DaggydServerOptions:
+    """The twistd options `daggyd ARGV` runs with."""
+    server_options = cli.DaggydServerOptions()
+    server_options.parseOptions(parsed(*argv).twistd_arguments())
+    return server_options
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_log_format_is_passed_to_the_daggyd_subcommand():
+    """--log-format reaches the daggyd subcommand, which decides the observer (the config
+    file may choose the format too); without it nothing is passed."""
+    assert parsed("--log-format", "json").twistd_arguments()[-3:] == [
+        "daggyd", "--log-format", "json"]
+    assert "--log-format" not in parsed().twistd_arguments()
+
+
+@pytest.mark.parametrize("value", ["JSON", "xml", ""])
+def test_an_unknown_log_format_is_a_usage_error(value, capsys):
+    """Only text and json are log formats; anything else is a one-line usage error."""
+    with pytest.raises(usage.UsageError) as raised:
+        parsed("--log-format", value)
+    assert str(raised.value) == f"--log-format: must be one of text, json (got {value!r})"
+    assert cli.main(["--log-format", value]) == 2
+    assert capsys.readouterr().err == f"daggyd: {raised.value}\n"
+
+
+def test_json_log_format_in_the_foreground_logs_json_to_stderr(tmp_path):
+    """In the foreground, --log-format json (or log-format: json in the config) makes the
+    stderr observer the JSON one; --log-format text overrides the config."""
+    assert server_options_for("--log-format", "json")["logger"] is cli.stderr_json_log_observer
+    path = tmp_path / "c.yaml"
+    path.write_text("log-format: json\n")
+    assert server_options_for("-c", str(path))["logger"] is cli.stderr_json_log_observer
+    assert server_options_for("-c", str(path), "--log-format", "text")["logger"] is (
+        cli.stderr_log_observer)
+    assert server_options_for()["logger"] is cli.stderr_log_observer
+
+
+def test_stderr_json_log_observer_writes_json_lines_with_run_and_task_fields(monkeypatch):
+    """The JSON observer writes one object per line, info level and above, with the event's
+    fields (run_id, task) and the rendered message."""
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    log = Logger(namespace="probe", observer=cli.stderr_json_log_observer())
+    log.debug("hidden {run_id}", run_id=1)
+    log.warn("run {run_id} task {task} failed", run_id=3, task="pull/2021")
+    [line] = json_lines(stderr.getvalue())
+    assert line.pop("time").endswith("Z")
+    assert line == {"level": "warn", "namespace": "probe",
+                    "message": "run 3 task pull/2021 failed", "run_id": 3,
+                    "task": "pull/2021"}
+
+
+def test_a_logged_failure_carries_its_traceback(monkeypatch):
+    """log.failure events have the traceback text in a failure field; values JSON cannot
+    hold are shown as text."""
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    log = Logger(namespace="probe", observer=cli.stderr_json_log_observer())
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("internal error in run {run_id}", run_id=9, thing=object(),
+                    keyed={(1, 2): "tuple key"})
+    [line] = json_lines(stderr.getvalue())
+    assert (line["level"], line["message"], line["run_id"]) == (
+        "critical", "internal error in run 9", 9)
+    assert "ZeroDivisionError" in line["failure"] and "Traceback" in line["failure"]
+    assert line["thing"].startswith("<object object")
+    assert line["keyed"] == "{(1, 2): 'tuple key'}"
+
+
+def test_json_log_format_with_a_log_file_writes_json_there(tmp_path):
+    """With --logfile, --log-format json writes JSON lines to that file (twistd would have
+    written text there)."""
+    path = tmp_path / "d.log"
+    server_options = server_options_for("--logfile", str(path), "--log-format", "json")
+    assert server_options["logger"] is None
+    observer = server_options.subOptions.make_log_observer()
+    Logger(namespace="probe", observer=observer).info("run {run_id} started", run_id=4)
+    [line] = json_lines(path.read_text())
+    assert (line["message"], line["run_id"]) == ("run 4 started", 4)
+
+
+def test_events_of_the_legacy_log_api_are_written_without_their_legacy_keys(monkeypatch):
+    """An event from twisted.python.log (as twisted itself still logs some) becomes a line
+    with its text as message and none of the legacy keys; a field of a new-style event that
+    shares a legacy key's name (why) is kept."""
+    from twisted.logger import LogPublisher
+    from twisted.python.log import LogPublisher as LegacyPublisher
+
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    publisher = LogPublisher(cli.stderr_json_log_observer())
+    legacy = LegacyPublisher(publisher, publisher)
+    legacy.msg("Site starting on 2503")
+    Logger(namespace="probe", observer=publisher).warn("could not start: {why}", why="gone")
+    legacy_line, new_line = json_lines(stderr.getvalue())
+    assert (legacy_line["message"], legacy_line["system"]) == ("Site starting on 2503", "-")
+    assert set(legacy_line) == {"time", "level", "namespace", "message", "system"}
+    assert legacy_line["time"].endswith("Z")
+    assert new_line["why"] == "gone"

@@ -125,6 +125,47 @@ def test_bad_limits_are_one_line_errors(key, value, problem):
     assert caught.value.problems == [f"{key}: {problem}"]
 
 
+@pytest.mark.parametrize("value", ["text", "json"])
+def test_log_format_is_read(value):
+    """log-format chooses daggyd's own log format; text is the default."""
+    assert validate_config({"log-format": value}, "log.json").log_format == value
+    assert default_config().log_format == "text"
+
+
+@pytest.mark.parametrize("value, shown", [("JSON", '"JSON"'), ("yaml", '"yaml"'), (1, "1"),
+                                          (None, "null")])
+def test_an_unknown_log_format_is_a_one_line_error(value, shown):
+    """A log-format other than text or json is reported with its key."""
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"log-format": value}, "log.json")
+    assert caught.value.problems == [f"log-format: must be one of text, json (got {shown})"]
+
+
+def test_event_window_settings_are_read():
+    """The event stream's replay window and stalled-reader cut-off come from the config,
+    with the documented defaults."""
+    config = validate_config({"event-window-events": 500, "event-window-bytes": 4096,
+                              "event-reader-stall-seconds": 2.5}, "events.json")
+    assert (config.event_window_events, config.event_window_bytes,
+            config.event_reader_stall_seconds) == (500, 4096, 2.5)
+    defaults = default_config()
+    assert (defaults.event_window_events, defaults.event_window_bytes,
+            defaults.event_reader_stall_seconds) == (100_000, 64 << 20, 30.0)
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("event-window-events", 0, "must be an integer from 1 to 100000000 (got 0)"),
+    ("event-window-events", 1.5, "must be an integer from 1 to 100000000 (got 1.5)"),
+    ("event-window-bytes", True, "must be an integer from 1 to 1099511627776 (got true)"),
+    ("event-reader-stall-seconds", 0, "must be a number > 0 and <= 86400 (got 0)"),
+    ("event-reader-stall-seconds", "30", 'must be a number > 0 and <= 86400 (got "30")'),
+])
+def test_bad_event_window_settings_are_one_line_errors(key, value, problem):
+    with pytest.raises(ConfigError) as caught:
+        validate_config({key: value}, "events.json")
+    assert caught.value.problems == [f"{key}: {problem}"]
+
+
 def test_defaults():
     """Without a file the daemon listens on 127.0.0.1:2503 with the forking executor and the
     stdout logger, with every documented default."""
@@ -370,8 +411,10 @@ def test_top_level_must_be_an_object(tmp_path, text, got):
 # -- validation errors -------------------------------------------------------------------
 
 FORKING = "ForkingTaskExecutor"
-TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, executor, "
-            "idle-timeout-seconds, ip, listen, logger, max-connections, max-generated-tasks, "
+TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, "
+            "event-reader-stall-seconds, event-window-bytes, event-window-events, executor, "
+            "idle-timeout-seconds, ip, listen, log-format, logger, max-connections, "
+            "max-generated-tasks, "
             "max-generator-output-bytes, max-job-depth, max-queued-runs, max-request-bytes, "
             "max-tasks-per-run, port, request-timeout-seconds, web-threads")
 FORKING_KEYS = "isolation, killGraceSeconds, maxOutputBytes, secretsFile, threads"

@@ -671,3 +671,68 @@ def test_shared_documents_copy_into_plain_mutable_values():
     run["tasks"]["a"]["job"]["command"].append("more")
     run["parameters"]["P"].append("2")
     assert type(run["tasks"]["a"]) is dict and type(run["parameters"]["P"]) is list
+
+
+# -- events -----------------------------------------------------------------------------------
+
+from daggy.events import EventHub  # noqa: E402
+
+
+def publishing_harness(kind: str, tmp_path) -> tuple[Harness, EventHub, Callable[[], None]]:
+    """A logger of ``kind`` that publishes to a new hub from its first write."""
+    clock = Clock()
+    hub = EventHub(clock)
+    if kind == "memory":
+        logger: Any = MemoryStore()
+        logger.publish_to(hub)
+        return Harness(logger, settle=lambda d: None), hub, lambda: None
+    if kind == "ostream":
+        logger = OStreamLogger(clock, str(tmp_path / "events.jsonl"))
+        logger.publish_to(hub)
+        return (Harness(logger, settle=lambda d: clock.advance(0)), hub,
+                lambda: settle_clock(clock, logger.close()))
+    from daggy.loggers._txredis import TxRedisConnector
+    from daggy.loggers.redis import RedisLogger
+
+    server = FakeRedisServer(clock)
+    logger = RedisLogger(clock, prefix="contract",
+                         connector=TxRedisConnector(clock, server.endpoint(), "fakeredis"))
+    logger.publish_to(hub)
+    logger.start()
+    settle_clock(clock, logger.when_ready())
+    return (Harness(logger, settle=lambda d: settle_clock(clock, d)), hub,
+            lambda: settle_clock(clock, logger.close()))
+
+
+def play_history(h: Harness) -> int:
+    run_id = new_run(h, [task("pull"), task("report", parents=["pull"])],
+                     parameters={"DATE": ["2021-01-01"]})
+    h.logger.record_run_state(run_id, State.RUNNING, T0 + 1)
+    h.logger.record_task_state(run_id, "pull", State.RUNNING, T0 + 1)
+    h.logger.record_executor_state(run_id, "pull", {"pid": 42}, T0 + 1)
+    h.logger.record_attempt(run_id, "pull", attempt(T0 + 1, T0 + 2, output_log="out\n"))
+    h.logger.record_task_state(run_id, "pull", State.COMPLETED, T0 + 2)
+    return run_id
+
+
+@pytest.mark.parametrize("kind", ["memory", "ostream", "redis"])
+def test_every_logger_publishes_the_ostream_events_numbered_in_order(kind, tmp_path):
+    """Whatever the logger, each write publishes the event object the OStreamLogger writes
+    as a line, numbered 1, 2, 3 in call order; a write the store rejects publishes nothing."""
+    h, hub, close = publishing_harness(kind, tmp_path)
+    reference = Harness(OStreamLogger(Clock(), str(tmp_path / "reference.jsonl")),
+                        settle=lambda d: None)
+    run_id = play_history(h)
+    assert play_history(reference) == run_id
+    reference.result(reference.logger.close())
+    with pytest.raises(UnknownTask):
+        h.logger.record_task_state(run_id, "nope", State.RUNNING, T0 + 3)
+    published = hub.window_after(0, 100)
+    assert [event_id for event_id, _ in published] == list(range(1, len(published) + 1))
+    lines = (tmp_path / "reference.jsonl").read_bytes().splitlines()
+    expected = [json.loads(line) for line in lines]
+    assert [json.loads(line) for _, line in published] == expected
+    assert [event["event"] for event in expected] == [
+        "runCreated", "taskAdded", "taskAdded", "runState", "taskState", "taskExecutorState",
+        "taskAttempt", "taskState"]
+    close()

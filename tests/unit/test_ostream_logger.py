@@ -687,3 +687,36 @@ def test_from_config_names_the_offending_field(clock, config, field):
     """A bad logger config raises ValueError naming the field."""
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         OStreamLogger.from_config(clock, config)
+
+
+# -- publishing events --------------------------------------------------------------------
+
+def test_published_events_are_exactly_the_written_lines(clock, logger, events_path):
+    """With a hub, each line written is byte for byte the line published, numbered in order
+    (the JSON is encoded once for both)."""
+    from daggy.events import EventHub
+
+    hub = EventHub(clock)
+    logger.publish_to(hub)
+    play_small_run(logger)
+    fired(logger.flush())
+    published = hub.window_after(0, 100)
+    assert [event_id for event_id, _ in published] == list(range(1, 8))
+    assert b"".join(line for _, line in published) == events_path.read_bytes()
+
+
+def test_an_unserialisable_event_is_neither_written_nor_published(
+        clock, logger, events_path, no_logged_errors):
+    """An event JSON cannot encode is logged once, and uses no event ID."""
+    from daggy.events import EventHub
+
+    hub = EventHub(clock)
+    logger.publish_to(hub)
+    run_id = fired(logger.create_run(None, {"P": {1, 2}}, T0))
+    logger.record_run_state(run_id, State.RUNNING, T0)
+    fired(logger.flush())
+    assert [e["event"] for e in read_events(events_path)] == ["runState"]
+    assert [(event_id, json.loads(line)["event"]) for event_id, line in
+            hub.window_after(0, 10)] == [(1, "runState")]
+    assert len(no_logged_errors) == 1
+    no_logged_errors.clear()

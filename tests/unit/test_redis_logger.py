@@ -858,3 +858,191 @@ def test_the_registry_builds_a_redis_logger_from_its_config():
     logger = component.build(Reactor(), dict(component.defaults(), prefix="p1"))
     assert isinstance(logger, RedisLogger)
     assert logger.prefix == "p1" and logger.where == "localhost:6379"
+
+
+# -- events: the replay window in a Redis stream -----------------------------------------------
+
+from daggy.events import EventHub  # noqa: E402
+
+
+class EventSink:
+    def __init__(self):
+        self.written: list[bytes] = []
+
+    def write(self, data):
+        self.written.append(data)
+
+    def finish(self):
+        pass
+
+    def abort(self):
+        pass
+
+    def ids(self) -> list[int]:
+        """The IDs of the event messages written so far; gaps as ``("gap", from, oldest)``."""
+        found: list[Any] = []
+        for block in b"".join(self.written).decode().split("\n\n")[:-1]:
+            if block.startswith(":"):
+                continue  # a keep-alive
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            if fields.get("event") == "gap":
+                gap = json.loads(fields["data"])
+                found.append(("gap", gap["from"], gap["oldest"]))
+            else:
+                found.append(int(fields["id"]))
+        return found
+
+
+def publishing_logger(env: Env, hub: EventHub | None = None, prefix: str = "daggy",
+                      **options: Any) -> tuple[RedisLogger, EventHub]:
+    """A started, ready RedisLogger publishing to ``hub`` (a new one by default)."""
+    hub = hub or EventHub(env.clock, max_events=options.pop("max_events", 100_000))
+    logger = RedisLogger(env.clock, prefix=prefix, connector=options.pop("connector", None)
+                         or env.connector(), **options)
+    env.loggers.append(logger)
+    logger.publish_to(hub)
+    logger.start()
+    env.settle(logger.when_ready())
+    return logger, hub
+
+
+def stored_events(env: Env, key: str = "daggy:events") -> list[tuple[int, dict]]:
+    return [(int(entry_id.split(b"-")[0]), json.loads(fields[b"data"]))
+            for entry_id, fields in env.server.client().xrange(key)]
+
+
+def test_events_are_stored_in_a_stream_under_their_own_ids(env):
+    """Every published event is XADDed to {prefix}:events with ID '<event id>-0' and its JSON
+    (what the stream and the OStreamLogger carry) as the 'data' field."""
+    connector = env.connector()
+    logger, hub = publishing_logger(env, connector=connector)
+    run_id = new_run(env, logger, tasks(2))
+    logger.record_task_state(run_id, "t0", State.RUNNING, T0 + 1)
+    env.result(logger.flush())
+    published = [(event_id, json.loads(line)) for event_id, line in hub.window_after(0, 100)]
+    assert [event["event"] for _, event in published] == [
+        "runCreated", "taskAdded", "taskAdded", "taskState"]
+    assert stored_events(env) == published
+    xadds = [command for transaction in connector.transactions for command in transaction
+             if command[0] == b"XADD"]
+    assert [command[2:4] for command in xadds[:-1]] == [(b"1-0", b"data"), (b"2-0", b"data"),
+                                                       (b"3-0", b"data")]
+    # The last XADD of a transaction trims the stream to about the window's size.
+    assert xadds[-1][2:5] == (b"MAXLEN", b"~", 100_000)
+
+
+def test_the_stream_is_trimmed_to_about_the_window(env):
+    """With MAXLEN ~ the stream keeps about max_events events, not every event ever."""
+    logger, hub = publishing_logger(env, max_events=100)
+    run_id = new_run(env, logger)
+    for batch in range(20):
+        logger.add_tasks(run_id, tasks(50, prefix=f"b{batch}_"), T0)
+        env.result(logger.flush())
+    assert hub.last_id == 1001
+    assert 100 <= env.server.client().xlen("daggy:events") < 1000
+    assert stored_events(env)[-1][0] == hub.last_id
+
+
+def test_a_restarted_logger_numbers_on_and_replays_from_redis(env):
+    """After a restart the hub numbers events after the last stored one, and a reader that
+    reconnects with a Last-Event-ID from before the restart gets the stored events after it,
+    then the new ones: no gap, no duplicate."""
+    logger, hub = publishing_logger(env)
+    run_id = new_run(env, logger, tasks(3))
+    logger.record_run_state(run_id, State.RUNNING, T0 + 1)
+    env.result(logger.flush())
+    last_before = hub.last_id
+    env.settle(logger.close())
+
+    restarted, new_hub = publishing_logger(env)
+    assert new_hub.last_id == last_before and new_hub.oldest_id == last_before + 1
+    sink = EventSink()
+    subscription = new_hub.subscribe(sink, last_event_id=2)
+    env.settle(restarted.load_run(run_id))
+    restarted.record_run_state(run_id, State.COMPLETED, T0 + 2)
+    env.turn()
+    assert sink.ids() == list(range(3, last_before + 2))
+    subscription.close()
+    env.result(restarted.flush())
+    assert [event_id for event_id, _ in stored_events(env)] == list(range(1, last_before + 2))
+
+
+def test_a_filtered_reader_replays_only_its_runs_stored_events(env):
+    """The run filter applies to the events read back from Redis too."""
+    logger, hub = publishing_logger(env)
+    first = new_run(env, logger, tasks(2))
+    second = new_run(env, logger, tasks(2))
+    env.result(logger.flush())
+    env.settle(logger.close())
+    restarted, new_hub = publishing_logger(env)
+    sink = EventSink()
+    new_hub.subscribe(sink, run_id=second, last_event_id=0)
+    env.turn()
+    new_hub.close()
+    expected = [event_id for event_id, event in stored_events(env) if event["runID"] == second]
+    assert sink.ids() == expected and first != second
+
+
+def test_an_event_whose_reply_was_lost_is_not_stored_twice(env, log_events):
+    """When Redis applied a transaction of events but the reply was lost, the logger reads
+    the stream's last ID on reconnecting and goes on after it: no XADD is refused, nothing
+    is stored twice, and no error is logged."""
+    logger, hub = publishing_logger(env)
+    run_id = new_run(env, logger, tasks(2))
+    env.result(logger.flush())
+    logger.record_task_state(run_id, "t0", State.RUNNING, T0 + 1)
+    env.server.lose_reply_once()
+    assert env.failure(logger.flush()).check(Unavailable)
+    env.settle(logger.when_ready())
+    logger.record_task_state(run_id, "t0", State.COMPLETED, T0 + 2)
+    env.result(logger.flush())
+    assert [event_id for event_id, _ in stored_events(env)] == list(range(1, hub.last_id + 1))
+    assert messages(log_events, LogLevel.error) == []
+
+
+def test_events_published_while_redis_is_away_are_stored_when_it_is_back(env):
+    """An outage delays the events' storing; they are all stored, in order, afterwards."""
+    logger, hub = publishing_logger(env)
+    run_id = new_run(env, logger, tasks(1))
+    env.result(logger.flush())
+    env.server.stop()
+    env.settle()
+    logger.record_task_state(run_id, "t0", State.RUNNING, T0 + 1)
+    logger.record_task_state(run_id, "t0", State.COMPLETED, T0 + 2)
+    env.server.start()
+    env.settle(logger.when_ready())
+    env.result(logger.flush())
+    assert [event_id for event_id, _ in stored_events(env)] == list(range(1, hub.last_id + 1))
+
+
+def test_no_reader_is_accepted_before_the_stored_numbering_is_known(env):
+    """Until the first connection says where the numbering goes on, subscribing is refused
+    (the IDs a reader sends could not be placed)."""
+    env.server.stop()
+    hub = EventHub(env.clock)
+    logger = RedisLogger(env.clock, connector=env.connector())
+    env.loggers.append(logger)
+    logger.publish_to(hub)
+    logger.start()
+    with pytest.raises(Unavailable):
+        hub.subscribe(EventSink())
+    env.server.start()
+    env.settle(logger.when_ready())
+    hub.subscribe(EventSink()).close()
+
+
+def test_reading_stored_events_while_redis_is_away_gives_a_gap(env):
+    """A replay that needs Redis while it cannot be reached gets a gap to what memory
+    holds (and a warning), not an error."""
+    logger, hub = publishing_logger(env)
+    new_run(env, logger, tasks(3))
+    env.result(logger.flush())
+    env.settle(logger.close())
+    restarted, new_hub = publishing_logger(env)
+    env.server.stop()
+    env.settle()
+    sink = EventSink()
+    new_hub.subscribe(sink, last_event_id=1)
+    env.turn()
+    new_hub.close()
+    assert sink.ids() == [("gap", 1, new_hub.oldest_id)]

@@ -26,6 +26,7 @@ from daggy.service.registry import Component, Registry
 from daggy.service.services import (
     DaggyService,
     HTTPServerService,
+    EventsService,
     LoggerService,
     RunnerService,
     build_service,
@@ -133,7 +134,7 @@ def test_make_service_builds_the_tree_on_the_global_reactor(tmp_path):
     daemon = tap.makeService(options)
     try:
         assert isinstance(daemon, DaggyService)
-        assert [child.name for child in daemon] == ["logger", "runner", "http"]
+        assert [child.name for child in daemon] == ["events", "logger", "runner", "http"]
         assert not daemon.running
     finally:
         result_of(daemon.getServiceNamed("logger").logger.close())
@@ -143,19 +144,25 @@ def test_make_service_builds_the_tree_on_the_global_reactor(tmp_path):
 
 
 def test_tree_shape_and_order(tmp_path):
-    """The tree holds the logger, the runner and the HTTP server, added in that order."""
-    config = noop_config(tmp_path)
+    """The tree holds the event hub, the logger, the runner and the HTTP server, added in
+    that order; the logger publishes to the hub, sized by the config."""
+    config = noop_config(tmp_path, **{"event-window-events": 123, "event-window-bytes": 4567,
+                                      "event-reader-stall-seconds": 8.5})
     daemon = build_service(config, DaemonReactor())
     children = list(daemon)
     assert [(type(child), child.name) for child in children] == [
+        (EventsService, "events"),
         (LoggerService, "logger"),
         (RunnerService, "runner"),
         (HTTPServerService, "http"),
     ]
-    assert isinstance(children[0].logger, OStreamLogger)
-    assert isinstance(children[1].runner, RunManager)
-    assert isinstance(children[2].factory, DaggySite)
-    result_of(children[0].logger.close())
+    hub = children[0].hub
+    assert isinstance(children[1].logger, OStreamLogger)
+    assert children[1].logger.events is hub
+    assert (hub.max_events, hub.max_bytes, hub.max_paused_seconds) == (123, 4567, 8.5)
+    assert isinstance(children[2].runner, RunManager)
+    assert isinstance(children[3].factory, DaggySite)
+    result_of(children[1].logger.close())
 
 
 def test_starting_listens_on_the_configured_address(tmp_path):
@@ -201,14 +208,15 @@ class RecordingStore(MemoryStore):
 
     def __init__(self, events: list):
         super().__init__()
-        self.events = events
+        # Not "events": MemoryStore.events is the run-event hub.
+        self.noted = events
 
     def record_attempt(self, run_id, task_name, attempt):
-        self.events.append(f"attempt of {task_name} recorded (killed={attempt.killed})")
+        self.noted.append(f"attempt of {task_name} recorded (killed={attempt.killed})")
         super().record_attempt(run_id, task_name, attempt)
 
     def close(self):
-        self.events.append("logger closed")
+        self.noted.append("logger closed")
         return super().close()
 
 
@@ -529,3 +537,112 @@ def test_twistd_options_refuse_an_exposed_address_without_authentication(tmp_pat
         f"{path}: ip: refusing to listen on 0.0.0.0 (every IPv4 interface) without "
         "authentication; set auth-tokens or auth-token-file to require a bearer token, or "
         "set allow-unauthenticated: true to let anyone who can reach it run commands")
+
+
+# -- the log format ------------------------------------------------------------------------
+
+
+def twistd_options(*argv: str, stdout=None, monkeypatch=None):
+    """`twistd ARGV` parsed (with only the daggyd subcommand, as the plugin offers it)."""
+    from daggy.service.cli import DaggydServerOptions
+
+    if stdout is not None:
+        monkeypatch.setattr("sys.stdout", stdout)
+    server_options = DaggydServerOptions()
+    server_options.parseOptions(list(argv))
+    return server_options
+
+
+def test_log_format_option_and_config_key(tmp_path):
+    """--log-format chooses the daemon's log format, over the config's log-format."""
+    path = write_config(tmp_path, {"log-format": "json"})
+    options = tap.Options()
+    options.parseOptions(["--config", str(path)])
+    assert options.log_format == "json"
+    options = tap.Options()
+    options.parseOptions(["--config", str(path), "--log-format", "text"])
+    assert options.log_format == "text"
+    options = tap.Options()
+    options.parseOptions([])
+    assert options.log_format == "text"
+    with pytest.raises(usage.UsageError) as raised:
+        tap.Options().parseOptions(["--log-format", "yaml"])
+    assert str(raised.value) == "--log-format: must be one of text, json (got 'yaml')"
+
+
+def test_twistd_in_the_foreground_logs_json_lines_to_stdout(monkeypatch):
+    """`twistd -n daggyd --log-format json` logs JSON lines where twistd would log text
+    (stdout), through the application's log observer, which makeService provides."""
+    import io
+
+    from twisted.application.service import Application
+    from twisted.logger import ILogObserver, Logger
+
+    stdout = io.StringIO()
+    server_options = twistd_options("-n", "daggyd", "--log-format", "json",
+                                    stdout=stdout, monkeypatch=monkeypatch)
+    assert server_options["logger"] is None  # twistd then asks the application
+    options = server_options.subOptions
+    daemon = tap.makeService(options)
+    try:
+        application = Application("daggyd")
+        daemon.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        assert observer is daemon.log_observer is not None
+        Logger(namespace="probe", observer=observer).info("run {run_id} of {task}",
+                                                          run_id=5, task="t")
+        [line] = [json.loads(text) for text in stdout.getvalue().splitlines()]
+        assert (line["message"], line["run_id"], line["task"]) == ("run 5 of t", 5, "t")
+    finally:
+        result_of(daemon.getServiceNamed("logger").logger.close())
+
+
+def test_twistd_daemon_logs_json_to_its_log_file(tmp_path, monkeypatch):
+    """A daemonizing twistd writes the JSON lines to --logfile, or to ./twistd.log."""
+    from twisted.logger import Logger
+
+    monkeypatch.chdir(tmp_path)
+    for argv, name in ((["--logfile", str(tmp_path / "d.log")], "d.log"), ([], "twistd.log")):
+        options = twistd_options(*argv, "daggyd", "--log-format", "json").subOptions
+        Logger(namespace="probe", observer=options.make_log_observer()).warn("{n} lines", n=2)
+        [line] = [json.loads(text) for text in (tmp_path / name).read_text().splitlines()]
+        assert (line["level"], line["message"]) == ("warn", "2 lines")
+
+
+def test_an_explicit_logger_or_syslog_keeps_its_own_format():
+    """A --logger of the operator's choosing or --syslog is left alone by --log-format."""
+    server_options = twistd_options("-n", "--logger", "twisted.logger.textFileLogObserver",
+                                    "daggyd", "--log-format", "json")
+    assert server_options.subOptions.make_log_observer is None
+    assert server_options["logger"].__name__ == "textFileLogObserver"
+    server_options = twistd_options("--syslog", "daggyd", "--log-format", "json")
+    assert server_options.subOptions.make_log_observer is None
+    assert server_options["logger"] is None
+
+
+def test_text_log_format_leaves_twistd_to_choose():
+    """With the default text format daggyd adds no log observer of its own."""
+    server_options = twistd_options("-n", "daggyd")
+    assert server_options.subOptions.make_log_observer is None
+    assert server_options["logger"] is None
+
+
+def test_the_service_tree_serves_metrics(tmp_path):
+    """build_service wires the daemon's metrics: the Site serves /metrics and the runner
+    and the logger are read at each scrape."""
+    reactor = DaemonReactor()
+    daemon = build_service(noop_config(tmp_path), reactor)
+    site = daemon.getServiceNamed("http").factory
+    runner = daemon.getServiceNamed("runner").runner
+    text = site.metrics.exposition().decode()
+    assert 'daggy_runs{state="COMPLETED"} 0.0' in text
+    assert 'daggy_logger_ready{logger="OStreamLogger"} 1.0' in text
+    assert "daggy_executor_slots{" not in text  # the no-op executor has no capacity
+    submitted = runner.submit(one_task_run("a"))
+    reactor.advance(0)
+    result_of(submitted)
+    reactor.advance(0)
+    text = site.metrics.exposition().decode()
+    assert 'daggy_runs{state="COMPLETED"} 1.0' in text
+    assert 'daggy_tasks{state="COMPLETED"} 1.0' in text
+    result_of(daemon.getServiceNamed("logger").logger.close())
