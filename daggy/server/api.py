@@ -182,11 +182,9 @@ def _unquote_segment(raw: bytes, what: str) -> str:
         raise BadRequest(f"{what}: not UTF-8 after percent-decoding") from None
 
 
-def _parse_event_id(raw: str, what: str) -> int | None:
-    """An event ID a client sent back (C{Last-Event-ID}); None when it is empty."""
+def _parse_event_id(raw: str, what: str) -> int:
+    """An event ID a client sent back (C{Last-Event-ID})."""
     text = raw.strip(" \t")
-    if not text:
-        return None
     if not _RUN_ID.fullmatch(text) or len(text.lstrip("0")) > _MAX_RUN_ID_DIGITS:
         shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
         raise BadRequest(f"{what}: expected an event ID (a non-negative integer), got "
@@ -203,9 +201,7 @@ def _last_event_id(request: IRequest) -> int | None:
             text = header.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("Last-Event-ID: not UTF-8") from None
-        parsed = _parse_event_id(text, "Last-Event-ID")
-        if parsed is not None:
-            return parsed
+        return _parse_event_id(text, "Last-Event-ID")
     query = _query_value(request, "lastEventID")
     return None if query is None else _parse_event_id(query, "lastEventID")
 

@@ -38,6 +38,17 @@ METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
 EVENTS_PATH = "/v1/events"
 EVENTS_MEDIA_TYPE = "text/event-stream"
 _EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+#: One message of the stream: a run event (with its ID), or a gap (without one).
+_SSE_EVENT = {
+    "type": "object", "required": ["event", "data"],
+    "properties": {
+        "id": _EVENT_ID,
+        "event": {"type": "string", "description": "the run event's name (runCreated, "
+                  "taskAdded, runState, taskState, taskExecutorState, taskAttempt), or gap"},
+        "data": {"type": "string", "description": "the event object as one line of JSON "
+                 "(docs/loggers.md); for a gap, {\"from\": N, \"oldest\": M}"},
+    },
+}
 
 #: The executor a daemon config names -> the component schema of its jobs.
 JOB_SCHEMAS = {
@@ -539,7 +550,9 @@ def _paths() -> dict[str, Any]:
                 "200": {"description": "An endless text/event-stream: `id`, `event` and "
                                        "one `data` line (JSON) per event, `: keep-alive` "
                                        "every 15 s of silence.",
-                        "content": {EVENTS_MEDIA_TYPE: {"schema": {"type": "string"}}}},
+                        # Before OpenAPI 3.2 (itemSchema), the schema of a stream's
+                        # media type describes each of its events, as tools read it.
+                        "content": {EVENTS_MEDIA_TYPE: {"schema": _SSE_EVENT}}},
                 **_use("BadRequest", "Unauthorized", "NotFound", "Unavailable"),
             },
         }},
