@@ -73,12 +73,16 @@ def route_of(path: bytes) -> str:
     or :data:`OTHER_ROUTE`: the ``route`` label, one of a fixed few whatever clients send.
 
     A task name is one raw (percent-encoded) segment, as the API reads it."""
+    if path == b"/":
+        return "/"  # the web UI's page
     parts = path.split(b"/")
     if parts[-1] == b"" and len(parts) > 2:
         del parts[-1]  # a trailing slash, which every route accepts
     count = len(parts) - 1
     if count == 1:
         return _ONE_SEGMENT_ROUTES.get(parts[1], OTHER_ROUTE)
+    if count >= 2 and parts[1] == b"ui":
+        return "/ui"
     if count < 2 or parts[1] != b"v1":
         return OTHER_ROUTE
     if count == 2:

@@ -21,6 +21,7 @@ from daggy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, DaemonMetrics
 from daggy.server._json import json_body
 from daggy.server.auth import BearerTokenResource, BearerTokens
 from daggy.server.openapi import METRICS_PATH
+from daggy.server.webui import Asset, WebUIResource, is_ui_path
 
 if TYPE_CHECKING:
     from daggy.server.api import DaggyAPI
@@ -139,21 +140,27 @@ class MetricsResource(Resource):
 
 
 class _SiteRoot(Resource):
-    """The Site's root with metrics: C{/metrics}, else the API.
+    """The Site's root beside the API: C{/metrics} (with metrics), C{/} and C{/ui/...}
+    (with the web UI), else the API.
 
     A leaf, like the API's Klein resource, so the API still sees (and routes) the whole
     path."""
 
     isLeaf = True
 
-    def __init__(self, api: Any, metrics: MetricsResource):
+    def __init__(self, api: Any, metrics: MetricsResource | None,
+                 ui: WebUIResource | None):
         super().__init__()
         self._api = api
         self._metrics = metrics
+        self._ui = ui
 
     def render(self, request: IRequest) -> Any:
-        if request.postpath in _METRICS_PATHS:
+        postpath = request.postpath
+        if self._metrics is not None and postpath in _METRICS_PATHS:
             return self._metrics.render(request)
+        if self._ui is not None and is_ui_path(postpath):
+            return self._ui.render(request)
         return self._api.render(request)
 
 
@@ -176,9 +183,10 @@ class DaggySite(server.Site):
                  reactor: Any, bearer_tokens: BearerTokens | None = None,
                  request_timeout: float = REQUEST_TIMEOUT_SECONDS,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 metrics: DaemonMetrics | None = None):
-        if metrics is not None:
-            resource = _SiteRoot(resource, MetricsResource(metrics))
+                 metrics: DaemonMetrics | None = None, ui: WebUIResource | None = None):
+        if metrics is not None or ui is not None:
+            resource = _SiteRoot(resource, None if metrics is None else MetricsResource(metrics),
+                                 ui)
         if bearer_tokens is not None:
             resource = BearerTokenResource(resource, bearer_tokens)
         super().__init__(resource, requestFactory=_BoundedRequest,
@@ -272,7 +280,8 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
               request_timeout: float = REQUEST_TIMEOUT_SECONDS,
               max_connections: int = DEFAULT_MAX_CONNECTIONS,
               auth_tokens: Sequence[str] = (),
-              metrics: DaemonMetrics | None = None) -> DaggySite:
+              metrics: DaemonMetrics | None = None,
+              ui_assets: dict[str, Asset] | None = None) -> DaggySite:
     """Build the Site serving C{api}.
 
     @param max_request_bytes: larger request bodies are answered with 413.
@@ -283,6 +292,8 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
         C{Authorization: Bearer <one of them>} (see L{BearerTokenResource}).
     @param metrics: a L{daggy.metrics.DaemonMetrics} to serve at C{/metrics} and to count
         requests in; without it there is no C{/metrics}.
+    @param ui_assets: the web UI's files (L{daggy.server.webui.load_assets}) to serve at
+        C{/} and C{/ui/}; without them there is no UI.
     @raise ValueError: a negative limit, or a token that L{BearerTokens} rejects.
     """
     if max_request_bytes < 0:
@@ -291,4 +302,5 @@ def make_site(api: "DaggyAPI", max_request_bytes: int, *,
                      reactor=api.clock if reactor is None else reactor,
                      bearer_tokens=BearerTokens(auth_tokens) if auth_tokens else None,
                      request_timeout=request_timeout, max_connections=max_connections,
-                     metrics=metrics)
+                     metrics=metrics,
+                     ui=None if ui_assets is None else WebUIResource(ui_assets))

@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from daggy.server._json import json_body
+from daggy.server.webui import is_ui_path
 
 #: The realm named in C{WWW-Authenticate}.
 REALM = "daggyd"
@@ -31,7 +32,7 @@ TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_LENGTH = 1024
 
-#: The requests answered without a token: the readiness probe.
+#: The requests answered without a token: the readiness probe (and the UI's files).
 _OPEN_METHODS = frozenset({b"GET", b"HEAD"})
 _OPEN_PATH = [b"ready"]
 
@@ -134,8 +135,11 @@ def _digest(token: bytes) -> bytes:
 
 
 def is_open(request: IRequest) -> bool:
-    """Whether C{request} is answered without authentication (C{GET}/C{HEAD /ready})."""
-    return request.method in _OPEN_METHODS and request.postpath == _OPEN_PATH
+    """Whether C{request} is answered without authentication: C{GET}/C{HEAD} of C{/ready},
+    and of the web UI's files (C{/}, C{/ui/...}), which hold no data (the page asks for a
+    token and sends it with every API request it makes)."""
+    return request.method in _OPEN_METHODS and (request.postpath == _OPEN_PATH
+                                                or is_ui_path(request.postpath))
 
 
 class BearerTokenResource(Resource):

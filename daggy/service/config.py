@@ -103,6 +103,8 @@ _SCALAR_SETTINGS: dict[str, Setting] = {
     "event-window-events": Setting(EVENT_WINDOW_EVENTS, bounded_integer(1, 100_000_000)),
     "event-window-bytes": Setting(EVENT_WINDOW_BYTES, bounded_integer(1, 1 << 40)),
     "event-reader-stall-seconds": Setting(EVENT_READER_STALL_SECONDS, bounded_number(86400)),
+    # The web UI at / (daggy/server/webui.py, docs/ui.md).
+    "web-ui": Setting(True, boolean),
 }
 _COMPONENT_KEYS = ("logger", "executor")
 _TOP_LEVEL_KEYS = sorted([*_SCALAR_SETTINGS, *_COMPONENT_KEYS])
@@ -159,6 +161,8 @@ class DaemonConfig:
     event_window_bytes: int = EVENT_WINDOW_BYTES
     #: How long an event stream's connection may take nothing before it is dropped.
     event_reader_stall_seconds: float = EVENT_READER_STALL_SECONDS
+    #: Whether ``/`` and ``/ui/`` serve the web UI.
+    web_ui: bool = True
 
     @property
     def authenticated(self) -> bool:
@@ -283,6 +287,7 @@ def validate_config(
         event_window_events=values["event-window-events"],
         event_window_bytes=values["event-window-bytes"],
         event_reader_stall_seconds=values["event-reader-stall-seconds"],
+        web_ui=values["web-ui"],
     )
 
 

@@ -262,6 +262,7 @@ def build_service(
     from daggy.metrics import DaemonMetrics
     from daggy.runner import RunManager
     from daggy.server.api import DaggyAPI, make_site
+    from daggy.server.webui import load_assets
 
     # First, so that a failure leaves no logger file open.
     endpoint = config_endpoint(config, reactor)
@@ -287,7 +288,8 @@ def build_service(
                      timeout=config.idle_timeout_seconds,
                      request_timeout=config.request_timeout_seconds,
                      max_connections=config.max_connections,
-                     metrics=metrics)
+                     metrics=metrics,
+                     ui_assets=load_assets() if config.web_ui else None)
 
     daemon = DaggyService(reactor)
     if events is not None:

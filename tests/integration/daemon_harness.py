@@ -64,13 +64,14 @@ class Reply:
 
 
 def http(port: int, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-         timeout: float = 60) -> Reply:
+         timeout: float = 60, headers: dict[str, str] | None = None) -> Reply:
     """One request on a fresh connection; any status is returned, not raised."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     connection = HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {} if data is None else {"Content-Type": "application/json"}
-        connection.request(method, path, body=data, headers=headers)
+        sent = {} if data is None else {"Content-Type": "application/json"}
+        sent.update(headers or {})
+        connection.request(method, path, body=data, headers=sent)
         response = connection.getresponse()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
                      response.read())

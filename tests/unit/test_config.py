@@ -416,7 +416,7 @@ TOP_KEYS = ("allow-unauthenticated, auth-token-file, auth-tokens, dag-threads, "
             "idle-timeout-seconds, ip, listen, log-format, logger, max-connections, "
             "max-generated-tasks, "
             "max-generator-output-bytes, max-job-depth, max-queued-runs, max-request-bytes, "
-            "max-tasks-per-run, port, request-timeout-seconds, web-threads")
+            "max-tasks-per-run, port, request-timeout-seconds, web-threads, web-ui")
 FORKING_KEYS = "isolation, killGraceSeconds, maxOutputBytes, secretsFile, threads"
 ADDRESS = 'must be an IPv4 or IPv6 address or "localhost"'
 PORT = "must be an integer from 1 to 65535"

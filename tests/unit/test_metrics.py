@@ -302,7 +302,11 @@ def test_the_event_stream_is_reported():
     (b"/v1/dagrun/12/task/a%2Fb", "/v1/dagrun/{runID}/task/{name}"),
     (b"/v1/dagrun/12/task/a/state", "/v1/dagrun/{runID}/task/{name}/state"),
     (b"/v1/dagrun/12/task/a/state/QUEUED", "/v1/dagrun/{runID}/task/{name}/state/{state}"),
-    (b"/", OTHER_ROUTE),
+    # The web UI: its page and its files (a fixed few, whatever the path).
+    (b"/", "/"),
+    (b"/ui/app.js", "/ui"),
+    (b"/ui/vendor/cytoscape.min.js", "/ui"),
+    (b"//", OTHER_ROUTE),
     (b"", OTHER_ROUTE),
     (b"*", OTHER_ROUTE),
     (b"/nope", OTHER_ROUTE),

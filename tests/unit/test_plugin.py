@@ -102,7 +102,7 @@ def test_twistd_daggyd_rejects_a_bad_config_in_one_line(tmp_path):
 
 def test_wheel_ships_the_plugin_without_shadowing_twisted(tmp_path):
     """A non-editable build ships twisted/plugins/daggyd_plugin.py, no twisted/__init__.py,
-    and the daggyd console script."""
+    the daggyd console script and the web UI's files."""
     # pip --no-build-isolation uses this environment's setuptools (from the test extras),
     # so the build needs no network; bdist_wheel is built into setuptools >= 70.1.
     assert tuple(int(part) for part in version("setuptools").split(".")[:2]) >= (70, 1), (
@@ -134,5 +134,9 @@ def test_wheel_ships_the_plugin_without_shadowing_twisted(tmp_path):
         "twisted/plugins/daggyd_plugin.py"
     }
     assert "daggy/service/tap.py" in names
+    # The web UI's files are package data: `pip install` is enough to serve the UI.
+    assert {"daggy/ui/index.html", "daggy/ui/app.js", "daggy/ui/app.css",
+            "daggy/ui/vendor/cytoscape.min.js"} <= names
+    assert not any("node_modules" in name for name in names)
     assert not any("__pycache__" in name for name in names)
     assert "daggyd = daggy.service.cli:main" in scripts
