@@ -198,12 +198,21 @@ def test_ready_is_open(method):
     assert render(guarded(), method, b"/ready")[::2] == (200, b"served ready")
 
 
+@pytest.mark.parametrize("method, path", [(b"GET", b"/"), (b"HEAD", b"/"),
+                                          (b"GET", b"/ui/app.js"), (b"HEAD", b"/ui/x/y.css")])
+def test_the_web_ui_files_are_open(method, path):
+    """GET and HEAD of the web UI's files need no token: the page asks for one."""
+    assert render(guarded(), method, path)[0] == 200
+
+
 @pytest.mark.parametrize("method, path", [
     (b"POST", b"/ready"), (b"DELETE", b"/ready"), (b"GET", b"/ready/"),
-    (b"GET", b"/ready/x"), (b"GET", b"/v1/ready"), (b"GET", b"/"),
+    (b"GET", b"/ready/x"), (b"GET", b"/v1/ready"), (b"POST", b"/"), (b"PUT", b"/ui/app.js"),
+    (b"GET", b"/ui"), (b"GET", b"/uix/app.js"), (b"GET", b"//"), (b"GET", b"/v1/ui/app.js"),
 ])
 def test_nothing_else_is_open(method, path):
-    """Only exactly GET/HEAD /ready is open: other methods and paths need a token."""
+    """Only GET/HEAD of exactly /ready and the UI's files are open: other methods and paths
+    need a token."""
     assert_refused(render(guarded(), method, path), MISSING, CHALLENGE)
 
 
