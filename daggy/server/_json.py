@@ -21,3 +21,13 @@ def json_body(request: IRequest, value: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
     return dumps_ascii_fallback(value)
+
+
+def method_not_allowed(request: IRequest, path: str, allowed: tuple[str, ...]) -> bytes:
+    """The 405 answer: C{Allow} and a JSON error naming the method, the path and what it
+    allows (one wording for the API, C{/metrics}, the UI's files and C{*})."""
+    method = request.method.decode("ascii", "replace")
+    listed = ", ".join(allowed)
+    request.setHeader(b"Allow", listed.encode("ascii"))
+    return json_body(request, {"error": f"method {method} not allowed on {path}; "
+                                        f"allowed: {listed}"}, 405)

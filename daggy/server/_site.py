@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from daggy.jsonio import dumps_ascii_fallback
 from daggy.limits import DEFAULT_MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
 from daggy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, DaemonMetrics
-from daggy.server._json import json_body
+from daggy.server._json import json_body, method_not_allowed
 from daggy.server.auth import BearerTokenResource, BearerTokens
 from daggy.server.openapi import METRICS_PATH
 from daggy.server.webui import Asset, WebUIResource, is_ui_path
@@ -103,10 +103,7 @@ class _BoundedRequest(server.Request):
         if self.method == b"OPTIONS":
             super()._handleStar()
             return
-        method = self.method.decode("ascii", "replace")
-        self.setHeader(b"Allow", b"OPTIONS")
-        self.write(json_body(self, {"error": f"method {method} not allowed on *; allowed: "
-                                             "OPTIONS"}, 405))
+        self.write(method_not_allowed(self, "*", ("OPTIONS",)))
         self.finish()
 
     def process(self) -> None:
@@ -130,10 +127,7 @@ class MetricsResource(Resource):
 
     def render(self, request: IRequest) -> bytes:
         if request.method not in _METRICS_METHODS:
-            method = request.method.decode("ascii", "replace")
-            request.setHeader(b"Allow", b"GET, HEAD")
-            return json_body(request, {"error": f"method {method} not allowed on "
-                                                f"{METRICS_PATH}; allowed: GET, HEAD"}, 405)
+            return method_not_allowed(request, METRICS_PATH, ("GET", "HEAD"))
         request.setHeader(b"Content-Type", _METRICS_CONTENT_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         return self._metrics.exposition()

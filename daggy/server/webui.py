@@ -19,7 +19,7 @@ from typing import Any
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from daggy.server._json import json_body
+from daggy.server._json import json_body, method_not_allowed
 
 _CONTENT_TYPES = {
     ".html": b"text/html; charset=utf-8",
@@ -97,10 +97,7 @@ class WebUIResource(Resource):
         postpath = request.postpath
         path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in postpath)
         if request.method not in _METHODS:
-            method = request.method.decode("ascii", "replace")
-            request.setHeader(b"Allow", b"GET, HEAD")
-            return json_body(request, {"error": f"method {method} not allowed on {path}; "
-                                                "allowed: GET, HEAD"}, 405)
+            return method_not_allowed(request, path, ("GET", "HEAD"))
         if postpath == [b""]:
             name = INDEX
         else:

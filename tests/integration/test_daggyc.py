@@ -18,6 +18,7 @@ import pytest
 
 from daemon_harness import BIN, Daemon, Process, daggyd, free_port, wait_until
 from test_auth_tls import write_certificate, write_tls_config
+from test_metrics_daemon import by_label, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -157,8 +158,6 @@ def test_logs_of_a_retried_task_by_attempt(daemon, tmp_path):
 def test_follow_reads_the_event_stream_not_polls(daemons, tmp_path):
     """follow of a run that takes a few seconds reads GET /v1/events (one stream, counted in
     the daemon's /metrics) instead of polling the run every half second."""
-    from test_metrics_daemon import by_label, scrape
-
     own = daemons("daggyd", executor="ForkingTaskExecutor")
     spec = write_spec(tmp_path, "slow.yaml", """\
 tasks:

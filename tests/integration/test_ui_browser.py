@@ -117,11 +117,6 @@ def chain(*names: str, command: list[str] | None = None) -> dict[str, Any]:
     return {"tasks": tasks}
 
 
-def row_state(page: Page, selector: str) -> str | None:
-    row = page.page.query_selector(selector)
-    return None if row is None else row.get_attribute("data-state")
-
-
 # -- the runs page --------------------------------------------------------------------------
 
 def test_the_runs_page_shows_a_new_run_live_until_it_completes(page, daemon):
@@ -145,27 +140,25 @@ def test_the_runs_page_shows_a_new_run_live_until_it_completes(page, daemon):
 
 # -- a run page -----------------------------------------------------------------------------
 
-def test_node_colours_follow_the_run_to_completed_and_the_logs_show(page, daemon):
+def test_node_colours_follow_the_run_to_completed_and_the_logs_show(page, daemon, tmp_path):
+    gate = tmp_path / "go"
     spec = {"tasks": {
-        "hello": {"job": {"command": ["sh", "-c", "sleep 1; echo hello from the browser"]}},
-        "after": {"job": {"command": ["sh", "-c", "sleep 1; echo oops >&2"]},
+        "hello": {"job": {"command": ["sh", "-c", "echo hello from the browser"]}},
+        # Waits for the test, so that the page surely sees it before it completes.
+        "after": {"job": {"command": ["sh", "-c", f"while ! test -e {gate}; do sleep 0.05; "
+                                                  "done; echo oops >&2"]},
                   "parents": ["hello"]}}}
     run_id = daemon.submit(spec)
+    daemon.wait_task(run_id, "after", "RUNNING")
     page.open(f"#/run/{run_id}")
     page.wait_ui("window.daggyUI && window.daggyUI.ready && window.daggyUI.cy")
-    seen_states = set()
-    colours = {}
-    deadline = time.monotonic() + RUN_SECONDS
-    while time.monotonic() < deadline:
-        state = page.ui('window.daggyUI.nodeState("after")')
-        seen_states.add(state)
-        colours[state] = page.ui('window.daggyUI.nodeColor("after")')
-        if state == "COMPLETED":
-            break
-        page.page.wait_for_timeout(100)
-    assert "COMPLETED" in seen_states and (seen_states & {"QUEUED", "RUNNING"})
-    # The colour changed with the state, live, without a reload.
-    assert len(set(colours.values())) == len(colours) >= 2
+    page.wait_ui('window.daggyUI.nodeState("after") === "RUNNING"')
+    running = page.ui('window.daggyUI.nodeColor("after")')
+    gate.touch()
+    # The node turns COMPLETED, and changes colour, live: no reload.
+    page.wait_ui('window.daggyUI.nodeState("after") === "COMPLETED"', RUN_SECONDS)
+    completed = page.ui('window.daggyUI.nodeColor("after")')
+    assert running and completed and running != completed
     page.page.wait_for_selector('#task-table tr[data-task="hello"][data-state="COMPLETED"]')
     page.page.wait_for_selector('#run-state[data-state="COMPLETED"]')
     # The task panel shows the attempt's output.
@@ -269,7 +262,7 @@ def test_expanded_instances_are_grouped_under_their_task(page, daemon):
     page.open(f"#/run/{run_id}")
     page.wait_ui("window.daggyUI && window.daggyUI.ready && window.daggyUI.cy")
     page.wait_ui('window.daggyUI.nodeState("each[N=7]") === "COMPLETED"')
-    assert page.page.query_selector_all("#task-table tr[data-task]").__len__() == 31
+    assert len(page.page.query_selector_all("#task-table tr[data-task]")) == 31
     # Thirty instances start collapsed into one node; expanding shows each of them.
     collapsed = page.ui("window.daggyUI.cy.nodes(':visible').length")
     page.page.click("#expand-all")
